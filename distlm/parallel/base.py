@@ -1,0 +1,115 @@
+"""The one small interface every parallelism strategy implements.
+
+The training loop calls only these methods, so it has no `if strategy == ...` branch. A strategy
+applies itself to an unchanged model (the model file knows nothing of parallelism).
+
+Loss scaling contract: the trainer passes `backward()` the micro-batch loss already divided by the
+number of accumulation steps; a strategy must not scale it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distlm.config import Config, Derived
+from distlm.parallel.env import DistEnv
+
+
+class Strategy(ABC):
+    """Wraps one model and its optimizer for one parallelism scheme."""
+
+    name: str = "base"
+
+    def __init__(self, cfg: Config, derived: Derived, env: DistEnv):
+        self.cfg, self.derived, self.env = cfg, derived, env
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @abstractmethod
+    def setup(self, model: nn.Module) -> nn.Module:
+        """Wrap or shard `model` (already on the device, initialised identically on every rank)."""
+
+    @abstractmethod
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Create AdamW over the set-up model (decay / no-decay groups) and keep it."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    @abstractmethod
+    def step(self) -> float:
+        """Clip to train.grad_clip, step and zero grads; return the global pre-clip grad norm.
+
+        If the norm is not finite the optimizer step is skipped (grads are zeroed): the caller
+        counts and logs the skip.
+        """
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Context for accumulation micro-steps that must not all-reduce gradients."""
+        return contextlib.nullcontext()
+
+    def set_lr(self, lr: float) -> None:
+        assert self.optimizer is not None
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write model + optimizer state under directory `path` (every rank calls this)."""
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Load model + optimizer state from directory `path` (every rank calls this)."""
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded model weights (every rank calls; rank 0's result is complete)."""
+        assert self.model is not None
+        return {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under DDP / DeepSpeed / compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices; not norms, biases or the embedding (nanoGPT / Llama practice)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_adamw(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    return torch.optim.AdamW(
+        adamw_param_groups(model, t.weight_decay),
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+        eps=t.eps,
+        fused=device.type == "cuda",
+    )
+
+
+def train_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """train.dtype resolved: bf16 if asked for, or `auto` on CUDA; fp32 otherwise."""
+    if cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def params_with_grad(model: nn.Module) -> Iterator[nn.Parameter]:
+    return (p for p in model.parameters() if p.grad is not None)

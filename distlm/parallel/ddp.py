@@ -1,0 +1,66 @@
+"""torch DDP: every rank holds the whole model and optimizer; gradients are all-reduced.
+
+Choose it when the model, its grads and AdamW states (16 bytes/param in fp32) fit on one GPU.
+At world size 1 the model is not wrapped (nothing to reduce).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.nn.parallel import DistributedDataParallel
+
+from distlm.parallel.base import Strategy, build_adamw, params_with_grad
+
+
+class DDPStrategy(Strategy):
+    name = "ddp"
+
+    def setup(self, model: nn.Module) -> nn.Module:
+        self.inner = model
+        if self.env.world_size > 1:
+            model = DistributedDataParallel(
+                model,
+                device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None,
+                bucket_cap_mb=self.cfg.parallel.ddp_bucket_cap_mb,
+                gradient_as_bucket_view=True,
+            )
+        self.model = model
+        return model
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        self.optimizer = build_adamw(self.inner, self.cfg, self.env.device)
+        return self.optimizer
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        if isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def step(self) -> float:
+        assert self.optimizer is not None
+        clip = self.cfg.train.grad_clip or math.inf
+        norm = float(nn.utils.clip_grad_norm_(list(params_with_grad(self.inner)), clip))
+        if math.isfinite(norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _state(self) -> dict:
+        model_sd, optim_sd = get_state_dict(self.inner, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def save(self, path: Path) -> None:
+        dcp.save(self._state(), checkpoint_id=str(path))
+
+    def load(self, path: Path) -> None:
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(self.inner, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])

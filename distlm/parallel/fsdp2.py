@@ -1,0 +1,114 @@
+"""torch FSDP2 (`fully_shard`): parameters, gradients and AdamW states sharded over all ranks.
+
+Choose it when the model's 16 bytes/param of fp32 weights + grads + AdamW states do not fit on
+one GPU, or to free memory for bigger micro-batches; it is torch-native (no extra dependency) and
+its checkpoints reshard to any world size. Each transformer block is one FSDP unit (one
+all-gather / reduce-scatter per block), then the root takes the embedding, final norm and head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from distlm.parallel.base import Strategy, build_adamw, params_with_grad, train_dtype
+
+
+class FSDP2Strategy(Strategy):
+    name = "fsdp2"
+
+    def setup(self, model: nn.Module) -> nn.Module:
+        mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
+        # bf16 compute and all-gathers, fp32 gradient reduction and fp32 master weights
+        mp = None
+        if train_dtype(self.cfg, self.env.device) == torch.bfloat16:
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs = {"mesh": mesh, "mp_policy": mp} if mp else {"mesh": mesh}
+        reshard = self.cfg.parallel.fsdp_reshard_after_forward
+        for block in model.layers.values():
+            fully_shard(block, reshard_after_forward=reshard, **kwargs)
+        # the root's params (embedding/head, final norm) are needed right after forward by
+        # backward anyway: keeping them gathered saves one all-gather (torchtitan does the same)
+        fully_shard(model, reshard_after_forward=False, **kwargs)
+        self.model = model
+        return model
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        assert self.model is not None
+        self.optimizer = build_adamw(self.model, self.cfg, self.env.device)
+        return self.optimizer
+
+    @contextlib.contextmanager
+    def _no_sync(self) -> Iterator[None]:
+        assert isinstance(self.model, FSDPModule)
+        # grads accumulate unsharded and unreduced; the last micro-step reduce-scatters the sum
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return self._no_sync()
+
+    def step(self) -> float:
+        assert self.optimizer is not None and self.model is not None
+        params = list(params_with_grad(self.model))
+        norm = global_grad_norm(params)
+        if math.isfinite(norm):
+            clip = self.cfg.train.grad_clip
+            if clip > 0:
+                nn.utils.clip_grads_with_norm_(params, clip, torch.tensor(norm))
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _state(self) -> dict:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def save(self, path: Path) -> None:
+        dcp.save(self._state(), checkpoint_id=str(path))
+
+    def load(self, path: Path) -> None:
+        # DCP reshards on load: the checkpoint may come from another world size
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(
+            self.model, self.optimizer,
+            model_state_dict=state["model"], optim_state_dict=state["optim"],
+        )
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded fp32 weights (a collective: every rank calls; rank 0's result is complete)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=options)
+
+
+def global_grad_norm(params: list[nn.Parameter]) -> float:
+    """L2 norm over all gradients of all ranks.
+
+    Sharded grads are DTensors: their norm is a partial (per-shard) DTensor and `full_tensor()`
+    all-reduces the squares, so every rank gets the norm of the whole unsharded gradient.
+    """
+    if not params:
+        return 0.0
+    norm = nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)

@@ -1,0 +1,89 @@
+"""What a run reports: console lines, tensorboard scalars and metrics.jsonl (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from distlm.config import Config
+from distlm.model import non_embedding_params
+
+
+def flops_per_token(cfg: Config) -> float:
+    """6 * N (matmul params incl. the lm head) + 12 * L * d * T attention (PaLM appendix B)."""
+    m = cfg.model
+    return 6 * non_embedding_params(m) + 12 * m.n_layers * m.d_model * cfg.train.seq_len
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    try:  # CPU: the process's peak resident set (Linux reports KiB)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    except ImportError:  # pragma: no cover - non-POSIX
+        return 0.0
+
+
+class MetricsLogger:
+    """Writes metrics on rank 0; every other rank gets a logger that does nothing."""
+
+    def __init__(self, cfg: Config, run_dir: Path, enabled: bool, world_size: int):
+        self.enabled = enabled
+        self.cfg, self.world_size = cfg, world_size
+        self.flops_per_token = flops_per_token(cfg)
+        self.writer = None
+        self.jsonl = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+            if cfg.logging.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self._t0 = time.perf_counter()
+
+    def mfu(self, tokens_per_s: float) -> float:
+        peak = self.cfg.hardware.peak_bf16_tflops * 1e12 * self.world_size
+        return tokens_per_s * self.flops_per_token / peak if peak else 0.0
+
+    def log(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: round(v, 6) for k, v in scalars.items()}}
+        if prefix != "train":
+            record = {"step": step, **{f"{prefix}_{k}": v for k, v in scalars.items()}}
+        self.jsonl.write(json.dumps(record) + "\n")
+        if self.writer:
+            for k, v in scalars.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+        print(f"{prefix} step {step:>6} | " + " | ".join(_fmt(k, v) for k, v in scalars.items()),
+              flush=True)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+        if self.jsonl:
+            self.jsonl.close()
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "lr":
+        return f"lr {value:.2e}"
+    if key in ("tokens_per_s",):
+        return f"{value:,.0f} tok/s"
+    if key == "mfu":
+        return f"mfu {100 * value:.1f}%"
+    if key.endswith("_gb"):
+        return f"{key[:-3].replace('_', ' ')} {value:.2f} GB"
+    if key.endswith("_s"):
+        return f"{key} {value:.3f}"
+    return f"{key} {value:.4f}"
