@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,18 @@ def _parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def load_config(args: list[str] | None = None) -> Config:
-    """Presets and overrides -> a validated plain `Config` (no omegaconf past this point)."""
-    presets, dotlist = _parse_overrides(list(args or []))
+    """Presets and overrides -> a validated plain `Config` (no omegaconf past this point).
+
+    `hardware=auto` is replaced by the preset that detection picks; rank 0 prints why.
+    """
+    args = list(args or [])
+    if "hardware=auto" in args:
+        from distlm.hardware import expand_auto
+
+        args, why = expand_auto(args)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"hardware=auto: {why}", flush=True)
+    presets, dotlist = _parse_overrides(args)
     chosen = {**DEFAULT_PRESETS, **presets}
     merged = OmegaConf.structured(Config)
     try:

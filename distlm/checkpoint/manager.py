@@ -6,11 +6,14 @@
             trainer_state.json  step, loader position, strategy, world size, model config
             rng-rank00000.pt    each rank's RNG states
             config.yaml         the resolved config of the run that wrote it
+            files.json          size in bytes of every file above (truncation check on load)
         latest                  text: the name of the newest complete checkpoint
 
-Every rank writes into `step-N.tmp/`; after a barrier rank 0 fsyncs, renames it to `step-N/` and
-only then moves `latest` (itself written under a temporary name and renamed). A crash at any point
-leaves the previous checkpoint as `latest`.
+Every rank writes into `step-N.tmp/`; after a barrier rank 0 lists the sizes, fsyncs, renames it
+to `step-N/` and only then moves `latest` (itself written under a temporary name and renamed). A
+crash at any point leaves the previous checkpoint as `latest`; leftover `*.tmp` directories are
+never read and are deleted when the next run starts. Loading checks every file's size against
+`files.json` before anything is read, so a truncated file is named, not half-loaded.
 """
 
 from __future__ import annotations
@@ -24,15 +27,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from distlm.config import Config
 from distlm.config_loader import to_yaml
 from distlm.parallel.base import Strategy
+from distlm.train.fault import debug_pause
 
 STATE_DIR = "state"
 # checkpoints of strategies in one family load into each other (DCP reshards on load)
 _FORMAT = {"ddp": "dcp", "fsdp2": "dcp", "zero1": "zero1", "zero2": "zero2", "zero3": "zero3"}
 TRAINER_STATE = "trainer_state.json"
+FILES = "files.json"
 
 
 class CheckpointError(RuntimeError):
@@ -71,6 +77,9 @@ class CheckpointManager:
     def __init__(self, cfg: Config, run_dir: Path, rank: int):
         self.cfg, self.rank = cfg, rank
         self.root = run_dir / "checkpoints"
+        if rank == 0 and self.root.is_dir():  # half-written leftovers of a killed run
+            for stale in self.root.glob("*.tmp"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     # ---- save -------------------------------------------------------------------------------
     def save(self, strategy: Strategy, step: int, trainer_state: dict[str, Any]) -> Path:
@@ -92,8 +101,10 @@ class CheckpointManager:
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+        debug_pause("checkpoint", step)
         _barrier()
         if self.rank == 0:
+            _write_file_sizes(tmp)
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step replaces it
             os.replace(tmp, final)
@@ -109,6 +120,11 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     # ---- resume -----------------------------------------------------------------------------
+    def latest(self) -> Path | None:
+        """The newest committed checkpoint of this run dir (what `latest` names), if any."""
+        pointer = self.root / "latest"
+        return self.root / pointer.read_text().strip() if pointer.exists() else None
+
     def find_resume(self) -> Path | None:
         """The checkpoint to resume from per checkpoint.resume (auto | never | a path)."""
         mode = self.cfg.checkpoint.resume
@@ -122,12 +138,12 @@ class CheckpointManager:
                     f"checkpoint directory such as {self.root}/step-00000100"
                 )
             return path
-        pointer = self.root / "latest"
-        if not pointer.exists():
-            return None
-        path = self.root / pointer.read_text().strip()
-        if not (path / TRAINER_STATE).exists():
-            raise CheckpointError(f"{pointer} points to {path}, which is not a complete checkpoint")
+        path = self.latest()
+        if path is not None and not (path / TRAINER_STATE).exists():
+            raise CheckpointError(
+                f"{self.root / 'latest'} points to {path}, which is not a complete checkpoint; "
+                f"set checkpoint.resume to another step directory or checkpoint.resume=never"
+            )
         return path
 
     def load(self, strategy: Strategy, path: Path) -> dict[str, Any]:
@@ -137,17 +153,31 @@ class CheckpointManager:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path / TRAINER_STATE}: unreadable ({e})") from e
         self._check_compatible(path, state)
-        strategy.load(path / STATE_DIR)
+        _check_file_sizes(path)
+        try:
+            strategy.load(path / STATE_DIR)
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException: name the dir
+            raise CheckpointError(
+                f"{path / STATE_DIR}: cannot load model/optimizer state "
+                f"({type(e).__name__}: {str(e)[:500]}); resume from an earlier checkpoint "
+                f"(checkpoint.resume=<dir>) or start over (checkpoint.resume=never)"
+            ) from e
         rng = path / f"rng-rank{self.rank:05d}.pt"
         if rng.exists():  # absent when resuming at a larger world size
-            _set_rng_state(torch.load(rng, weights_only=True))
+            try:
+                _set_rng_state(torch.load(rng, weights_only=True))
+            except Exception as e:
+                raise CheckpointError(f"{rng}: unreadable RNG state ({e})") from e
         return state
 
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state.get("model_config", {})
         ours = dataclasses.asdict(self.cfg.model)
-        diff = [f"model.{k}: checkpoint {saved[k]!r} vs config {ours[k]!r}"
-                for k in ours if k != "name" and k in saved and saved[k] != ours[k]]
+        diff = [
+            f"model.{k}: checkpoint {saved[k]!r} vs config {ours[k]!r}"
+            for k in ours
+            if k != "name" and k in saved and saved[k] != ours[k]
+        ]
         if diff:
             raise CheckpointError(f"{path} was written by a different model: " + "; ".join(diff))
         if _FORMAT.get(state.get("strategy")) != _FORMAT[self.cfg.parallel.strategy]:
@@ -155,6 +185,34 @@ class CheckpointManager:
                 f"{path} was written by parallel.strategy={state.get('strategy')}; this run uses "
                 f"{self.cfg.parallel.strategy}. Resume with the same strategy, or export weights "
                 f"with `python -m distlm consolidate {path} model.safetensors`"
+            )
+
+
+def _write_file_sizes(ckpt: Path) -> None:
+    sizes = {
+        str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file()
+    }
+    (ckpt / FILES).write_text(json.dumps(sizes, indent=1))
+
+
+def _check_file_sizes(ckpt: Path) -> None:
+    """Every file listed in files.json exists with its recorded size (absent in old checkpoints)."""
+    listing = ckpt / FILES
+    if not listing.exists():
+        return
+    try:
+        sizes = json.loads(listing.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{listing}: unreadable ({e})") from e
+    for rel, size in sizes.items():
+        f = ckpt / rel
+        actual = f.stat().st_size if f.exists() else None
+        if actual != size:
+            what = "missing" if actual is None else f"{actual} bytes, expected {size} (truncated?)"
+            raise CheckpointError(
+                f"{f}: {what}; this checkpoint is damaged. Resume from an earlier one "
+                f"(checkpoint.resume={ckpt.parent}/step-...) or start over "
+                f"(checkpoint.resume=never)"
             )
 
 

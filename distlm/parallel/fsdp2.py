@@ -90,8 +90,10 @@ class FSDP2Strategy(Strategy):
         state = self._state()
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(
-            self.model, self.optimizer,
-            model_state_dict=state["model"], optim_state_dict=state["optim"],
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
         )
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

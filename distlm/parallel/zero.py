@@ -37,8 +37,7 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
         "allgather_bucket_size": p.zero_bucket_size,
     }
     if stage == 3:
-        zero.update(stage3_prefetch_bucket_size=p.zero_prefetch_bucket_size,
-                    stage3_param_persistence_threshold=0)
+        zero["stage3_prefetch_bucket_size"] = p.zero_prefetch_bucket_size
     ds = {
         "train_micro_batch_size_per_gpu": derived.micro_batch_size,
         "gradient_accumulation_steps": derived.grad_accum_steps,
@@ -58,18 +57,22 @@ class ZeroStrategy(Strategy):
     name = "zero"
 
     def setup(self, model: nn.Module) -> nn.Module:
+        os.environ.setdefault("DS_ACCELERATOR", self.env.device.type)  # before DeepSpeed looks
         import deepspeed
 
-        os.environ.setdefault("DS_ACCELERATOR", self.env.device.type)
         t = self.cfg.train
         bf16 = train_dtype(self.cfg, self.env.device) == torch.bfloat16
         client_opt = torch.optim.AdamW(
-            adamw_param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
-            eps=t.eps, fused=self.env.device.type == "cuda",
+            adamw_param_groups(model, t.weight_decay),
+            lr=t.lr,
+            betas=(t.beta1, t.beta2),
+            eps=t.eps,
+            fused=self.env.device.type == "cuda",
         )
         # the process group already exists (init_distributed): DeepSpeed wraps it
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=client_opt,
+            model=model,
+            optimizer=client_opt,
             config=deepspeed_config(self.cfg, self.derived, bf16),
             dist_init_required=False,
         )

@@ -1,7 +1,9 @@
 """`python -m distlm train|config|params|sample [presets] [key=value ...]`.
 
-Errors a user can fix (config, data, checkpoint) print one clear line and exit 2; any other
-exception prints its rank and traceback and exits 1, which makes torchrun stop every rank.
+Errors a user can fix (config, data, checkpoint, too many non-finite steps, out of memory) print
+one clear line and exit 2; any other exception prints its rank and traceback and exits 1, which
+makes torchrun stop every rank. A run stopped by SIGTERM / SIGUSR1 after saving its checkpoint
+exits `EXIT_REQUEUE` (3): run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ EXIT_USER_ERROR = 2
 def _user_errors() -> tuple[type[Exception], ...]:
     from distlm.checkpoint import CheckpointError
     from distlm.data import DataError
-    from distlm.train.trainer import TrainingError
+    from distlm.train.numerics import TrainingError
 
     return ConfigError, DataError, CheckpointError, TrainingError
 
@@ -33,18 +35,31 @@ def cmd_train(args: list[str]) -> int:
     for key, value in cfg.hardware.nccl_env.items():  # preset NCCL settings; the shell wins
         os.environ.setdefault(key, str(value))
     from distlm.parallel import destroy_distributed
+    from distlm.train.fault import EXIT_REQUEUE, is_oom, oom_report
     from distlm.train.trainer import train
 
     try:
         result = train(cfg)
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        print(f"[rank {_rank()}] error: {oom_report(cfg)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     finally:
         destroy_distributed()
+    if result.preempted:
+        return EXIT_REQUEUE
     if _rank() == "0" and result.losses:
         last = max(result.losses)
-        val = f", val loss {result.val_losses[max(result.val_losses)]:.4f}" if result.val_losses \
+        val = (
+            f", val loss {result.val_losses[max(result.val_losses)]:.4f}"
+            if result.val_losses
             else ""
-        print(f"done: step {result.final_step}, train loss {result.losses[last]:.4f}{val}; "
-              f"run dir {result.run_dir}")
+        )
+        print(
+            f"done: step {result.final_step}, train loss {result.losses[last]:.4f}{val}; "
+            f"run dir {result.run_dir}"
+        )
     return 0
 
 
@@ -53,9 +68,11 @@ def cmd_params(args: list[str]) -> int:
 
     cfg = load_config(args)
     m = cfg.model
-    print(f"model {m.name}: {count_params(m):,} parameters "
-          f"({non_embedding_params(m):,} in matmuls incl. the output head); "
-          f"d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads / {m.n_kv_heads} KV heads")
+    print(
+        f"model {m.name}: {count_params(m):,} parameters "
+        f"({non_embedding_params(m):,} in matmuls incl. the output head); "
+        f"d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads / {m.n_kv_heads} KV heads"
+    )
     return 0
 
 

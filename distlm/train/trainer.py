@@ -7,6 +7,7 @@ only rank 0 does hides behind `MetricsLogger`.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,19 +17,23 @@ import torch
 from torch import nn
 
 from distlm.checkpoint import CheckpointManager
+from distlm.checkpoint.manager import TRAINER_STATE
 from distlm.config import Config, resolve
 from distlm.config_loader import save_config
 from distlm.data import build_train_loader, build_val_loader, load_tokenizer
 from distlm.model import build_model
 from distlm.parallel import Strategy, build_strategy, init_distributed, parallelize
 from distlm.parallel.env import all_reduce_mean
+from distlm.train.fault import EXIT_REQUEUE, PreemptionWatch, debug_pause, injected_loss_factor
 from distlm.train.metrics import MetricsLogger, peak_memory_gb
+from distlm.train.numerics import (
+    MAX_ROLLBACKS_PER_CHECKPOINT,
+    NonFiniteGuard,
+    SpikeDetector,
+    TrainingError,
+)
 from distlm.train.sample import generate
 from distlm.train.schedule import lr_at
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps); the message says what to do."""
 
 
 @dataclass
@@ -37,7 +42,9 @@ class TrainResult:
     final_step: int
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> mean train loss
     val_losses: dict[int, float] = field(default_factory=dict)
-    skipped_steps: list[int] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)  # non-finite: no update applied
+    rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (spike step, back to step)
+    preempted: str | None = None  # the signal that stopped the run after its checkpoint
     sample: str | None = None
 
 
@@ -53,10 +60,15 @@ def train(cfg: Config) -> TrainResult:
     bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and env.device.type == "cuda")
 
     # ---- data (validated before anything is built: fail before step 0) --------------------
-    data_args = dict(seq_len=cfg.train.seq_len, global_batch_size=derived.global_batch_size,
-                     micro_batch_size=derived.micro_batch_size, rank=env.rank,
-                     world_size=env.world_size, device=env.device,
-                     vocab_size=cfg.model.vocab_size)
+    data_args = dict(
+        seq_len=cfg.train.seq_len,
+        global_batch_size=derived.global_batch_size,
+        micro_batch_size=derived.micro_batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=env.device,
+        vocab_size=cfg.model.vocab_size,
+    )
     loader = build_train_loader(cfg.data, **data_args)
     val_loader = build_val_loader(cfg.data, num_batches=cfg.train.eval_batches, **data_args)
 
@@ -66,10 +78,12 @@ def train(cfg: Config) -> TrainResult:
     strategy = build_strategy(cfg, derived, env)
     model = parallelize(model, cfg, strategy)
     strategy.build_optimizer()
-    log.info(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} params "
-             f"on this rank | strategy {cfg.parallel.strategy}")
+    log.info(
+        f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} params "
+        f"on this rank | strategy {cfg.parallel.strategy}"
+    )
 
-    # ---- resume ---------------------------------------------------------------------------------
+    # ---- resume (checkpoint.resume=auto: the latest checkpoint if any, so reruns are idempotent)
     ckpt = CheckpointManager(cfg, run_dir, env.rank)
     step = 0
     if (path := ckpt.find_resume()) is not None:
@@ -78,63 +92,69 @@ def train(cfg: Config) -> TrainResult:
         loader.load_state_dict(state["loader"])
         log.info(f"resumed from {path} at step {step}")
 
-    # ---- loop -------------------------------------------------------------------------------------
+    # ---- loop ----------------------------------------------------------------------------------
     result = TrainResult(run_dir, step)
-    autocast = (lambda: torch.autocast(env.device.type, torch.bfloat16)) if bf16 else (
-        contextlib.nullcontext)
-    pending: list[tuple[int, torch.Tensor, float]] = []  # (step, loss, grad norm) awaiting a log
-    window_start, window_steps, nonfinite_run = time.perf_counter(), 0, 0
-    while step < cfg.train.steps:
-        lr = lr_at(step, cfg.train)
-        strategy.set_lr(lr)
-        loss = train_step(model, strategy, loader.next_batch(), autocast)
-        grad_norm = strategy.step()
-        step += 1
-        window_steps += 1
-        pending.append((step, loss, grad_norm))
-
-        if math.isfinite(grad_norm):
-            nonfinite_run = 0
-        else:  # the strategy skipped this update
-            nonfinite_run += 1
-            result.skipped_steps.append(step)
-            log.info(f"step {step}: non-finite grad norm, update skipped ({nonfinite_run} in a row)")
-            if nonfinite_run >= cfg.train.max_nonfinite_steps:
-                latest = ckpt.find_resume() if cfg.checkpoint.resume != "never" else None
-                raise TrainingError(
-                    f"{nonfinite_run} non-finite steps in a row ending at step {step} "
-                    f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); last good "
-                    f"checkpoint: {latest or 'none'}. Lower train.lr or check the data."
+    autocast = (
+        (lambda: torch.autocast(env.device.type, torch.bfloat16))
+        if bf16
+        else (contextlib.nullcontext)
+    )
+    window = LogWindow()
+    nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    spikes = SpikeDetector(cfg.train.spike_factor)
+    saved_step = step
+    with PreemptionWatch() as preemption:
+        while step < cfg.train.steps:
+            lr = lr_at(step, cfg.train)
+            strategy.set_lr(lr)
+            batch = loader.next_batch()  # test fault injection is keyed by the batch's number:
+            factor = injected_loss_factor(loader.batches_consumed)  # 1.0 unless injecting
+            loss = train_step(model, strategy, batch, autocast, factor)
+            grad_norm = strategy.step()
+            step += 1
+            window.add(step, loss)
+            if nonfinite.skipped(step, grad_norm, ckpt.latest):  # raises after N in a row
+                result.skipped_steps.append(step)
+                log.info(
+                    f"step {step}: non-finite grad norm {grad_norm}, update skipped "
+                    f"({nonfinite.in_row} in a row)"
                 )
+            if spikes.enabled and spikes.is_spike(all_reduce_mean(loss.item(), env.device)):
+                log.info(
+                    f"step {step}: loss spike > {spikes.threshold():.4f} (train.spike_factor "
+                    f"x moving average of the loss)"
+                )
+                if (
+                    cfg.train.spike_rollback
+                    and (back := roll_back(ckpt, strategy, step, result, log)) is not None
+                ):
+                    window.log(log, result, cfg, lr, grad_norm, env.device)
+                    step = back
+                    continue
 
-        if step % cfg.logging.log_every_steps == 0 or step == cfg.train.steps:
-            elapsed = time.perf_counter() - window_start
-            losses = flush_losses(pending, env.device)
-            result.losses.update(losses)
-            tokens_per_s = window_steps * cfg.train.global_batch_tokens / elapsed
-            log.log(step, {"loss": losses[step], "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": tokens_per_s, "step_time_s": elapsed / window_steps,
-                           "mfu": log.mfu(tokens_per_s),
-                           "peak_mem_gb": peak_memory_gb(env.device)})
-            pending.clear()
-            window_start, window_steps = time.perf_counter(), 0
-
-        if val_loader is not None and (
-            (cfg.train.eval_every_steps and step % cfg.train.eval_every_steps == 0)
-            or step == cfg.train.steps
-        ):
-            val = evaluate(model, val_loader, autocast, env.device)
-            result.val_losses[step] = val
-            log.log(step, {"loss": val, "perplexity": math.exp(min(val, 50))}, prefix="val")
-
-        if (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or (
-            step == cfg.train.steps
-        ):
-            saved = ckpt.save(strategy, step, {"loader": loader.state_dict()})
-            log.info(f"checkpoint {saved}")
+            if _due(step, cfg.logging.log_every_steps, cfg.train.steps):
+                window.log(log, result, cfg, lr, grad_norm, env.device)
+            if val_loader is not None and _due(step, cfg.train.eval_every_steps, cfg.train.steps):
+                val = evaluate(model, val_loader, autocast, env.device)
+                result.val_losses[step] = val
+                log.log(step, {"loss": val, "perplexity": math.exp(min(val, 50))}, prefix="val")
+            if _due(step, cfg.checkpoint.every_steps, cfg.train.steps):
+                log.info(f"checkpoint {ckpt.save(strategy, step, {'loader': loader.state_dict()})}")
+                saved_step = step
+            debug_pause("step", step)
+            if step < cfg.train.steps and preemption.agreed():  # every rank stops after this step
+                if saved_step != step:
+                    saved = ckpt.save(strategy, step, {"loader": loader.state_dict()})
+                    log.info(f"checkpoint {saved}")
+                result.preempted = preemption.signal_name
+                log.info(
+                    f"{preemption.signal_name}: stopped after step {step}; rerun the same "
+                    f"command to resume (exit {EXIT_REQUEUE})"
+                )
+                break
 
     result.final_step = step
-    if cfg.train.sample_tokens:
+    if cfg.train.sample_tokens and not result.preempted:
         result.sample = sample_text(model, cfg, env.device)
         log.info(f"sample:\n{result.sample}")
     loader.close()
@@ -142,8 +162,80 @@ def train(cfg: Config) -> TrainResult:
     return result
 
 
-def train_step(model: nn.Module, strategy: Strategy, micro_batches: list, autocast) -> torch.Tensor:
-    """Forward + backward over this rank's micro-batches; returns the mean loss (a tensor)."""
+def _due(step: int, every: int, last: int) -> bool:
+    """Interval work (log, eval, checkpoint) runs every `every` steps (0 = never) and at the end."""
+    return (every > 0 and step % every == 0) or step == last
+
+
+class LogWindow:
+    """The steps since the last log line: their losses stay tensors until one all-reduce."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.start = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss))
+
+    def log(
+        self,
+        log: MetricsLogger,
+        result: TrainResult,
+        cfg: Config,
+        lr: float,
+        grad_norm: float,
+        device: torch.device,
+    ) -> None:
+        elapsed, n = time.perf_counter() - self.start, len(self.pending)
+        losses = flush_losses(self.pending, device)
+        result.losses.update(losses)
+        step = self.pending[-1][0]
+        tokens_per_s = n * cfg.train.global_batch_tokens / elapsed
+        log.log(
+            step,
+            {
+                "loss": losses[step],
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s,
+                "step_time_s": elapsed / n,
+                "mfu": log.mfu(tokens_per_s),
+                "peak_mem_gb": peak_memory_gb(device),
+            },
+        )
+        self.pending.clear()
+        self.start = time.perf_counter()
+
+
+def roll_back(
+    ckpt: CheckpointManager, strategy: Strategy, step: int, result: TrainResult, log: MetricsLogger
+) -> int | None:
+    """Reload the latest checkpoint's model, optimizer and RNG, but not the loader (so the
+    batches consumed since it are skipped); return its step, or None if there is none."""
+    if (latest := ckpt.latest()) is None:
+        log.info("no checkpoint to roll back to yet: continuing")
+        return None
+    back = int(json.loads((latest / TRAINER_STATE).read_text())["step"])
+    if sum(1 for _, b in result.rollbacks if b == back) >= MAX_ROLLBACKS_PER_CHECKPOINT:
+        raise TrainingError(
+            f"loss spikes after {MAX_ROLLBACKS_PER_CHECKPOINT} rollbacks to "
+            f"{latest}: lower train.lr or check the data"
+        )
+    ckpt.load(strategy, latest)
+    result.rollbacks.append((step, back))
+    log.info(
+        f"rolled back to {latest}: the batches of steps {back + 1}..{step} are skipped; "
+        f"step {back + 1} continues with the next batch"
+    )
+    return back
+
+
+def train_step(
+    model: nn.Module, strategy: Strategy, micro_batches: list, autocast, loss_factor: float = 1.0
+) -> torch.Tensor:
+    """Forward + backward over this rank's micro-batches; returns the mean loss (a tensor).
+
+    `loss_factor` is 1 except under test fault injection (a NaN or spiking batch)."""
     n = len(micro_batches)
     total = torch.zeros((), device=micro_batches[0][0].device)
     for i, (inputs, targets) in enumerate(micro_batches):  # each (micro_batch, seq_len)
@@ -151,6 +243,8 @@ def train_step(model: nn.Module, strategy: Strategy, micro_batches: list, autoca
         with sync:
             with autocast():
                 loss = model(inputs, targets) / n
+                if loss_factor != 1.0:
+                    loss = loss * loss_factor
             strategy.backward(loss)
         total += loss.detach()
     return total
@@ -158,11 +252,11 @@ def train_step(model: nn.Module, strategy: Strategy, micro_batches: list, autoca
 
 def flush_losses(pending: list, device: torch.device) -> dict[int, float]:
     """One all-reduce for every step since the last log: per-step global mean losses."""
-    stacked = torch.stack([loss.float() for _, loss, _ in pending]).to(device)
+    stacked = torch.stack([loss.float() for _, loss in pending]).to(device)
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(stacked)
         stacked /= torch.distributed.get_world_size()
-    return {s: v for (s, _, _), v in zip(pending, stacked.tolist(), strict=True)}
+    return {s: v for (s, _), v in zip(pending, stacked.tolist(), strict=True)}
 
 
 @torch.no_grad()
@@ -179,6 +273,13 @@ def evaluate(model: nn.Module, val_loader, autocast, device: torch.device) -> fl
 def sample_text(model: nn.Module, cfg: Config, device: torch.device) -> str:
     tokenizer = load_tokenizer(cfg.data.path)
     prompt = tokenizer.encode("def ")
-    out = generate(model, prompt, cfg.train.sample_tokens, cfg.train.seq_len,
-                   cfg.model.vocab_size, device, seed=cfg.train.seed)
+    out = generate(
+        model,
+        prompt,
+        cfg.train.sample_tokens,
+        cfg.train.seq_len,
+        cfg.model.vocab_size,
+        device,
+        seed=cfg.train.seed,
+    )
     return tokenizer.decode(prompt + out)

@@ -1,0 +1,70 @@
+"""Shared fixtures (no tests here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from dist_utils import run_command
+
+TINY_VOCAB = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small real dataset (vocab 512) shared by every test of the session.
+
+    Made the way users make one: a sentencepiece tokenizer and `data_tools.pretokenize`, here on
+    ~1 MB of this repo's and the standard library's Python source (text every machine has).
+    """
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    stdlib = Path(__import__("json").__file__).parent.parent
+    sources = sorted(Path(__file__).parent.parent.glob("distlm/**/*.py"))
+    sources += sorted(stdlib.glob("[a-m]*.py"))
+    size = 0
+    for i, src in enumerate(sources):
+        text = src.read_text(errors="ignore")
+        (corpus / f"{i:04d}.py.txt").write_text(text)
+        size += len(text)
+        if size > 1_000_000:
+            break
+    tok = root / "tok" / "tokenizer.model"
+    py = sys.executable
+    run_command(
+        [
+            py,
+            "-m",
+            "data_tools.tokenizer",
+            str(corpus),
+            "--out",
+            str(tok),
+            "--vocab-size",
+            str(TINY_VOCAB),
+            "--train-threads",
+            "1",
+        ],
+        timeout_s=120,
+    )
+    data = root / "data"
+    run_command(
+        [
+            py,
+            "-m",
+            "data_tools.pretokenize",
+            str(corpus),
+            "--tokenizer",
+            str(tok),
+            "--out",
+            str(data),
+            "--workers",
+            "1",
+            "--val-fraction",
+            "0.05",
+            "--no-progress",
+        ],
+        timeout_s=120,
+    )
+    return data
