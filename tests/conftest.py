@@ -31,40 +31,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
         size += len(text)
         if size > 1_000_000:
             break
-    tok = root / "tok" / "tokenizer.model"
-    py = sys.executable
-    run_command(
-        [
-            py,
-            "-m",
-            "data_tools.tokenizer",
-            str(corpus),
-            "--out",
-            str(tok),
-            "--vocab-size",
-            str(TINY_VOCAB),
-            "--train-threads",
-            "1",
-        ],
-        timeout_s=120,
-    )
-    data = root / "data"
-    run_command(
-        [
-            py,
-            "-m",
-            "data_tools.pretokenize",
-            str(corpus),
-            "--tokenizer",
-            str(tok),
-            "--out",
-            str(data),
-            "--workers",
-            "1",
-            "--val-fraction",
-            "0.05",
-            "--no-progress",
-        ],
-        timeout_s=120,
-    )
+    tok, data, py = root / "tok" / "tokenizer.model", root / "data", sys.executable
+    tokenizer_args = f"--vocab-size {TINY_VOCAB} --train-threads 1".split()
+    run_command([py, "-m", "data_tools.tokenizer", str(corpus), "--out", str(tok), *tokenizer_args])
+    out_args = f"--tokenizer {tok} --out {data} --workers 1 --val-fraction 0.05 --no-progress"
+    run_command([py, "-m", "data_tools.pretokenize", str(corpus), *out_args.split()])
     return data

@@ -2,8 +2,9 @@
 
 Three launches, all through the real trainer (`distlm.train.train`) on a tiny real dataset:
   1. plain `python`, 1 process: ddp and fsdp2, 20 steps each (the reference), checkpoints 10, 20;
-  2. torchrun, 2 processes (gloo): ddp, fsdp2, zero1, zero2, zero3 back to back, then resumes
-     from step 10 of each (same world size) and of the 1-process DCP runs (1 -> 2);
+  2. torchrun, 2 processes (gloo): ddp, fsdp2, zero1, zero2, zero3 back to back; resumes from
+     step 10 of each (same world size), of the 1-process DCP runs (1 -> 2) and of ddp under fsdp2;
+     bf16 and NaN-step runs; each strategy's final checkpoint loaded and exported in-process;
   3. plain `python`, 1 process: resumes from the 2-process DCP checkpoints (2 -> 1).
 Global batch 8 x 32 tokens, micro-batch 2: 4 accumulation steps at 1 process, 2 at 2 processes.
 Final weights are compared through `consolidate`, so its DCP and ZeRO paths are tested too.
@@ -14,12 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from dist_utils import run_distributed
+from dist_utils import run_command, run_distributed
 
 from distlm.checkpoint.consolidate import load_full_state_dict
 
@@ -279,3 +281,30 @@ def test_dcp_resume_at_other_world_size(matrix, run, source):
     want, have = final_weights(matrix, source), final_weights(matrix, run)
     for key in want:
         torch.testing.assert_close(have[key], want[key], rtol=WEIGHT_TOL, atol=WEIGHT_TOL)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "zero3"])
+def test_consolidate_cli_writes_one_safetensors_file(matrix, strategy, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "model.safetensors"
+    run_dir = matrix / f"w2_{strategy}"  # a run dir: its `latest` checkpoint is used
+    proc = run_command([sys.executable, "-m", "distlm", "consolidate", str(run_dir), str(out)])
+    assert f"wrote {out}: 155,968 parameters (fp32)" in proc.output
+    want = final_weights(matrix, f"w2_{strategy}")
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["step"] == str(STEPS) and f.metadata()["strategy"] == strategy
+        assert set(f.keys()) == set(want)
+        for key in want:
+            assert torch.equal(f.get_tensor(key), want[key]), key
+
+
+def test_consolidate_cli_names_what_is_missing(tmp_path):
+    proc = run_command(
+        [sys.executable, "-m", "distlm", "consolidate", str(tmp_path), str(tmp_path / "x.st")],
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert (
+        f"consolidate: error: {tmp_path}: not a checkpoint (no trainer_state.json)" in proc.output
+    )

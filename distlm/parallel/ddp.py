@@ -60,7 +60,9 @@ class DDPStrategy(Strategy):
         dcp.save(self._state(), checkpoint_id=str(path))
 
     def load(self, path: Path) -> None:
+        from distlm.checkpoint.safe_load import safe_dcp_load  # no arbitrary unpickling
+
         state = self._state()
-        dcp.load(state, checkpoint_id=str(path))
+        safe_dcp_load(state, path)
         set_state_dict(self.inner, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
