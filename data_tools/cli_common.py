@@ -11,15 +11,35 @@ from distlm.data.errors import DataError
 from distlm.data.readers import FORMATS, TXT_MODES, InputFile, ReadOptions, resolve_inputs
 
 
+def make_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose help starts with the tool's docstring (its usage example)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="files, directories (recursive) or globs")
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="force one format for all inputs (default: from the file name)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="force one format for all inputs (default: from the file name)",
+    )
     parser.add_argument("--text-field", default="text", help="jsonl key / parquet column")
-    parser.add_argument("--txt-mode", choices=TXT_MODES, default="file",
-                        help=".txt: one document per file, or per blank-line separated block")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip (and count) jsonl lines that are not JSON or lack the field")
+    parser.add_argument(
+        "--txt-mode",
+        choices=TXT_MODES,
+        default="file",
+        help=".txt: one document per file, or per blank-line separated block",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip (and count) jsonl lines that are not JSON or lack the field",
+    )
 
 
 def inputs_from_args(args: argparse.Namespace) -> tuple[list[InputFile], ReadOptions]:
@@ -28,9 +48,17 @@ def inputs_from_args(args: argparse.Namespace) -> tuple[list[InputFile], ReadOpt
 
 
 def command_line() -> str:
-    return shlex.join(["python -m " + (sys.modules["__main__"].__spec__.name
-                                       if sys.modules["__main__"].__spec__ else sys.argv[0])]
-                      + sys.argv[1:])
+    return shlex.join(
+        [
+            "python -m "
+            + (
+                sys.modules["__main__"].__spec__.name
+                if sys.modules["__main__"].__spec__
+                else sys.argv[0]
+            )
+        ]
+        + sys.argv[1:]
+    )
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -1,20 +1,18 @@
 """Summarize a dataset, verify its checksums, decode sample documents.
 
-    python -m data_tools.inspect data/demo --verify --decode 3
+python -m data_tools.inspect data/demo --verify --decode 3
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from data_tools.cli_common import run_main
+from data_tools.cli_common import make_parser, run_main
 from distlm.data.inspect_dataset import describe, sample_documents, verify
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_tools.inspect", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("data_tools.inspect", __doc__)
     p.add_argument("dataset", help="dataset directory (holds train/, val/)")
     p.add_argument("--verify", action="store_true", help="sha256 every shard")
     p.add_argument("--decode", type=int, default=0, metavar="N", help="decode N random documents")

@@ -13,7 +13,11 @@ import torch
 
 from distlm.config import DataConfig
 from distlm.data import (
-    DataError, build_train_loader, build_val_loader, dataset_vocab_size, load_tokenizer,
+    DataError,
+    build_train_loader,
+    build_val_loader,
+    dataset_vocab_size,
+    load_tokenizer,
 )
 from distlm.data.demo_corpus import stdlib_sources
 from distlm.data.manifest import read_manifest
@@ -28,8 +32,18 @@ SEQ, BATCH = 16, 8  # tokens per sample, samples per global batch
 
 
 def _make(root: Path, name: str, inputs, tok: Path, **kw) -> Path:
-    pretokenize(PretokenizeOptions(str(tok), inputs, str(root / name), val_fraction=0.3,
-                                   shard_tokens=20_000, workers=1, progress=False, **kw))
+    pretokenize(
+        PretokenizeOptions(
+            str(tok),
+            inputs,
+            str(root / name),
+            val_fraction=0.3,
+            shard_tokens=20_000,
+            workers=1,
+            progress=False,
+            **kw,
+        )
+    )
     return root / name
 
 
@@ -40,17 +54,30 @@ def data(tmp_path_factory) -> dict[str, Path]:
     tok = root / "tok.model"
     train_tokenizer(inputs, tok, ReadOptions(), TokenizerTrainOptions(vocab_size=512))
     other = root / "other.model"
-    train_tokenizer(inputs, other, ReadOptions(), TokenizerTrainOptions(vocab_size=512, model_type="unigram"))
+    train_tokenizer(
+        inputs, other, ReadOptions(), TokenizerTrainOptions(vocab_size=512, model_type="unigram")
+    )
     half = len(inputs) // 2
-    return {"a": _make(root, "a", inputs[:half], tok), "b": _make(root, "b", inputs[half:], tok),
-            "other": _make(root, "other", inputs[:half], other), "root": root}
+    return {
+        "a": _make(root, "a", inputs[:half], tok),
+        "b": _make(root, "b", inputs[half:], tok),
+        "other": _make(root, "other", inputs[:half], other),
+        "root": root,
+    }
 
 
 def _loader(path, world=1, rank=0, micro=None, seed=1234, **kw):
     cfg = DataConfig(path=str(path), seed=seed, **kw)
-    return build_train_loader(cfg, seq_len=SEQ, global_batch_size=BATCH,
-                              micro_batch_size=micro or BATCH // world, rank=rank,
-                              world_size=world, device=CPU, vocab_size=512)
+    return build_train_loader(
+        cfg,
+        seq_len=SEQ,
+        global_batch_size=BATCH,
+        micro_batch_size=micro or BATCH // world,
+        rank=rank,
+        world_size=world,
+        device=CPU,
+        vocab_size=512,
+    )
 
 
 def _global_batches(path, world, micro, n, state=None):
@@ -136,20 +163,35 @@ def test_validation_is_fixed_and_split_over_ranks(data):
     kw = dict(seq_len=SEQ, global_batch_size=BATCH, num_batches=3, device=CPU, vocab_size=512)
     val = build_val_loader(cfg, micro_batch_size=4, rank=0, world_size=1, **kw)
     first, second = [x for x, _ in val], [x for x, _ in val]
-    assert len(first) == len(val) == 6 and all(torch.equal(a, b) for a, b in zip(first, second))
-    halves = [[x for x, _ in build_val_loader(cfg, micro_batch_size=4, rank=r, world_size=2, **kw)]
-              for r in (0, 1)]
+    assert len(first) == len(val) == 6 and all(
+        torch.equal(a, b) for a, b in zip(first, second, strict=True)
+    )
+    halves = [
+        [x for x, _ in build_val_loader(cfg, micro_batch_size=4, rank=r, world_size=2, **kw)]
+        for r in (0, 1)
+    ]
     for k in range(3):
-        assert torch.equal(torch.cat(first[2 * k : 2 * k + 2]),
-                           torch.cat([halves[0][k], halves[1][k]]))
-    assert build_val_loader(DataConfig(path=str(data["a"]), val_split=""), micro_batch_size=4,
-                            rank=0, world_size=1, **kw) is None
+        assert torch.equal(
+            torch.cat(first[2 * k : 2 * k + 2]), torch.cat([halves[0][k], halves[1][k]])
+        )
+    assert (
+        build_val_loader(
+            DataConfig(path=str(data["a"]), val_split=""),
+            micro_batch_size=4,
+            rank=0,
+            world_size=1,
+            **kw,
+        )
+        is None
+    )
 
 
 def test_tokenizer_and_vocab_helpers(data):
     tok = load_tokenizer(f"{data['a']}:1,{data['b']}:1")
-    assert tok.vocab_size == 512 and tok.decode(tok.encode("def f(x):\n    return x")) == \
-        "def f(x):\n    return x"
+    assert (
+        tok.vocab_size == 512
+        and tok.decode(tok.encode("def f(x):\n    return x")) == "def f(x):\n    return x"
+    )
     assert dataset_vocab_size(DataConfig(path=str(data["a"]))) == 512
     with pytest.raises(DataError, match="different tokenizers"):
         load_tokenizer(f"{data['a']}:1,{data['other']}:1")
@@ -166,11 +208,20 @@ def copy(data, tmp_path) -> Path:
 
 def test_vocab_mismatch_names_manifest_and_both_numbers(data):
     with pytest.raises(DataError) as e:
-        build_train_loader(DataConfig(path=str(data["a"])), seq_len=SEQ, global_batch_size=BATCH,
-                           micro_batch_size=BATCH, rank=0, world_size=1, device=CPU,
-                           vocab_size=4096)
-    assert str(e.value) == (f"{data['a']}/train/manifest.json: dataset vocab_size 512 but "
-                            "model.vocab_size=4096; set model.vocab_size=512")
+        build_train_loader(
+            DataConfig(path=str(data["a"])),
+            seq_len=SEQ,
+            global_batch_size=BATCH,
+            micro_batch_size=BATCH,
+            rank=0,
+            world_size=1,
+            device=CPU,
+            vocab_size=4096,
+        )
+    assert str(e.value) == (
+        f"{data['a']}/train/manifest.json: dataset vocab_size 512 but "
+        "model.vocab_size=4096; set model.vocab_size=512"
+    )
 
 
 def test_mixture_of_two_tokenizers_is_refused(data):
@@ -198,8 +249,11 @@ def test_missing_manifest_tokenizer_or_dataset(copy, tmp_path):
     with pytest.raises(DataError, match="tokenizer.model: sha256 differs from the one in"):
         _loader(copy)
     (copy / "train" / "manifest.json").unlink()
-    with pytest.raises(DataError, match=r"train/manifest.json: missing; splits with a manifest "
-                                        r"in .*: \['val'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"train/manifest.json: missing; splits with a manifest "
+        r"in .*: \['val'\]",
+    ):
         _loader(copy)
     with pytest.raises(DataError, match="nowhere: no such dataset directory"):
         _loader(tmp_path / "nowhere")

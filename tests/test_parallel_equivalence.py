@@ -32,6 +32,7 @@ WEIGHT_TOL = 1e-4  # after 20 AdamW steps at lr 1e-2; measured <= 4e-5
 BF16_TOL = 0.05  # bf16 compute vs the fp32 run: measured <= 0.02 per step
 BF16_STRATEGIES = ("fsdp2", "zero2")
 NAN_STRATEGIES = ("fsdp2", "zero2", "zero3")
+AC_STRATEGIES = ("fsdp2", "zero3")  # activation checkpointing wraps the blocks first
 NAN = ("train.steps=8", "DISTLM_INJECT_LOSS=3:nan")  # step 3's loss (and grads) become NaN
 pytestmark = pytest.mark.slow
 
@@ -153,6 +154,9 @@ def matrix(tmp_path_factory, tiny_dataset) -> Path:
     two += [["w2_fsdp2_from_ddp", "fsdp2", "w2_ddp"]]  # DCP checkpoints cross strategies
     two += [[f"w2_{s}_bf16", s, None, "train.dtype=bf16"] for s in BF16_STRATEGIES]
     two += [[f"w2_{s}_nan", s, None, *NAN] for s in NAN_STRATEGIES]
+    two += [
+        [f"w2_{s}_ac", s, None, "parallel.activation_checkpointing=true"] for s in AC_STRATEGIES
+    ]
     run_distributed(
         "test_parallel_equivalence:train_runs",
         2,
@@ -195,7 +199,9 @@ def test_reference_run_learns(matrix):
     assert ref[-1] < ref[0] - 0.5, ref  # the comparison below is not between two flat lines
 
 
-@pytest.mark.parametrize("run", ["w1_fsdp2"] + [f"w2_{s}" for s in STRATEGIES])
+@pytest.mark.parametrize(
+    "run", ["w1_fsdp2"] + [f"w2_{s}" for s in STRATEGIES] + [f"w2_{s}_ac" for s in AC_STRATEGIES]
+)
 def test_same_losses_and_weights_as_one_process(matrix, run):
     ref = losses(matrix, "w1_ddp")
     got = losses(matrix, run)
@@ -308,3 +314,17 @@ def test_consolidate_cli_names_what_is_missing(tmp_path):
     assert (
         f"consolidate: error: {tmp_path}: not a checkpoint (no trainer_state.json)" in proc.output
     )
+
+
+def test_zero_resume_at_other_world_size_is_refused_with_what_to_do(matrix, tiny_dataset, tmp_path):
+    source = matrix / "w2_zero2" / "checkpoints" / f"step-{RESUME_AT:08d}"
+    args = tiny_overrides(str(tiny_dataset), str(tmp_path / "run"))
+    args += ["parallel.strategy=zero2", f"checkpoint.resume={source}"]
+    proc = run_command([sys.executable, "-m", "distlm", "train", *args], check=False)
+    assert proc.returncode == 2, proc.output[-3000:]
+    assert "[rank 0] error: " in proc.output
+    assert (
+        f"{source}/state/zero holds DeepSpeed ZeRO optimizer shards of 2 rank(s); "
+        f"this run has 1. ZeRO resumes at the same world size only: relaunch with 2 processes, "
+        f"or export the weights with `python -m distlm consolidate {source} model.safetensors`"
+    ) in proc.output

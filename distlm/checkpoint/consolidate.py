@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from distlm.checkpoint.manager import STATE_DIR, TRAINER_STATE, CheckpointError
+from distlm.parallel.base import clean_fqn
 
 DCP_STRATEGIES = ("ddp", "fsdp2")
 ZERO_STRATEGIES = ("zero1", "zero2", "zero3")
@@ -81,7 +82,9 @@ def load_full_state_dict(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dic
             f"{list(DCP_STRATEGIES + ZERO_STRATEGIES)}"
         )
     # safetensors refuses shared or strided storage: one contiguous fp32 copy per tensor
-    full = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in weights.items()}
+    full = {
+        clean_fqn(k): v.detach().to(torch.float32).contiguous().clone() for k, v in weights.items()
+    }
     return full, {**trainer_state, "checkpoint": str(checkpoint)}
 
 

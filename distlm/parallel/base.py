@@ -70,7 +70,8 @@ class Strategy(ABC):
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded model weights (every rank calls; rank 0's result is complete)."""
         assert self.model is not None
-        return {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()}
+        state = unwrap(self.model).state_dict()
+        return {clean_fqn(k): v.detach().cpu() for k, v in state.items()}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -78,6 +79,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
+
+
+# wrapper modules that transforms insert (activation checkpointing, torch.compile)
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_fqn(name: str) -> str:
+    """A parameter name as the unwrapped model has it: `layers.0.attn.qkv.weight`."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

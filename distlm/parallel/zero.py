@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distlm.parallel.base import Strategy, adamw_param_groups, train_dtype
+from distlm.parallel.base import Strategy, adamw_param_groups, clean_fqn, train_dtype
 
 TAG = "zero"  # DeepSpeed writes its files under <path>/<TAG>/
 
@@ -115,12 +115,20 @@ class ZeroStrategy(Strategy):
         self.engine.save_checkpoint(str(path), tag=TAG, save_latest=False)
 
     def load(self, path: Path) -> None:
+        from distlm.checkpoint import CheckpointError
+
+        saved_world = len(list((path / TAG).glob("*_optim_states.pt")))
+        if saved_world != self.env.world_size:
+            raise CheckpointError(
+                f"{path / TAG} holds DeepSpeed ZeRO optimizer shards of {saved_world} rank(s); "
+                f"this run has {self.env.world_size}. ZeRO resumes at the same world size only: "
+                f"relaunch with {saved_world} processes, or export the weights with "
+                f"`python -m distlm consolidate {path.parent} model.safetensors`"
+            )
         load_path, _ = self.engine.load_checkpoint(
             str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
         )
         if load_path is None:
-            from distlm.checkpoint import CheckpointError
-
             raise CheckpointError(f"{path}/{TAG}: DeepSpeed found no checkpoint to load")
         self._micro = 0
 
@@ -131,5 +139,5 @@ class ZeroStrategy(Strategy):
         out = {}
         for name, p in self.engine.module.named_parameters():
             full = safe_get_full_fp32_param(p)
-            out[name] = (full if full is not None else p).detach().float().cpu().clone()
+            out[clean_fqn(name)] = (full if full is not None else p).detach().float().cpu().clone()
         return out

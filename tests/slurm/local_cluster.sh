@@ -50,7 +50,7 @@ chmod 700 "$BASE/munge"
 munge -S "$BASE/munge/munge.sock" -n | unmunge -S "$BASE/munge/munge.sock" >/dev/null
 
 H=$(hostname -s); NCPU=$(nproc)
-MEM=$(( $(free -m | awk '/^Mem:/{print $2}') * 8 / 10 / NNODES ))
+MEM=$(( $(awk '/^MemTotal:/{print int($2 / 1024)}' /proc/meminfo) * 8 / 10 / NNODES ))  # MiB
 cat > "$SLURM_CONF" <<EOF
 ClusterName=distlmci
 SlurmctldHost=$H
