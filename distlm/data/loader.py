@@ -48,23 +48,23 @@ class _BatchMaker:
         self.rank, self.device = rank, device
         self.pin = device.type == "cuda"
 
-    def make(self, k: int) -> Batch:
+    def make(self, k: int) -> list[torch.Tensor]:
         first = k * self.global_batch_size + self.rank * self.local_batch_size
         ids = np.arange(first, first + self.local_batch_size, dtype=np.int64)
-        shape = (self.local_batch_size, self.seq_len)
-        inputs = torch.empty(shape, dtype=torch.int64, pin_memory=self.pin)  # (local_B, T)
-        targets = torch.empty(shape, dtype=torch.int64, pin_memory=self.pin)  # (local_B, T)
-        self.source.read(ids, inputs.numpy(), targets.numpy())
+        shape = (self.local_batch_size, self.seq_len + 1)
+        windows = torch.empty(shape, dtype=torch.int64, pin_memory=self.pin)  # (local_B, T + 1)
+        self.source.read(ids, windows.numpy())
         m = self.micro_batch_size
-        return [(inputs[i : i + m], targets[i : i + m]) for i in range(0, len(ids), m)]
+        return [windows[i : i + m] for i in range(0, len(ids), m)]
 
-    def to_device(self, batch: Batch) -> Batch:
-        if self.device.type == "cpu":
-            return batch
-        return [
-            (x.to(self.device, non_blocking=self.pin), y.to(self.device, non_blocking=self.pin))
-            for x, y in batch
-        ]
+    def to_device(self, windows: list[torch.Tensor]) -> Batch:
+        """(micro, T + 1) windows -> (inputs, targets) views, each (micro, T), on the device.
+
+        One copy of the window per sample instead of two: inputs and targets overlap in memory.
+        """
+        if self.device.type != "cpu":
+            windows = [w.to(self.device, non_blocking=self.pin) for w in windows]
+        return [(w[:, :-1], w[:, 1:]) for w in windows]
 
 
 class TrainLoader:
