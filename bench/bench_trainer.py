@@ -33,8 +33,10 @@ def bare_loop_tokens_per_s(cfg, device: torch.device) -> float:
     model = build_model(cfg.model, device)
     opt = build_adamw(model, cfg, device)
     bs = cfg.train.global_batch_tokens // cfg.train.seq_len
-    batches = [torch.randint(0, cfg.model.vocab_size, (bs, cfg.train.seq_len + 1), device=device)
-               for _ in range(4)]
+    batches = [
+        torch.randint(0, cfg.model.vocab_size, (bs, cfg.train.seq_len + 1), device=device)
+        for _ in range(4)
+    ]
     for i in range(STEPS):
         if i == WARMUP:
             t0 = time.perf_counter()
@@ -49,12 +51,21 @@ def bare_loop_tokens_per_s(cfg, device: torch.device) -> float:
 
 
 def trainer_tokens_per_s(args: list[str], data: Path, run_dir: Path) -> float:
-    cfg = load_config([
-        *args, f"data.path={data}", f"logging.run_dir={run_dir}", f"train.steps={STEPS}",
-        f"logging.log_every_steps={WARMUP}", "train.eval_every_steps=0", "train.sample_tokens=0",
-        "checkpoint.every_steps=0", "logging.tensorboard=false", "data.val_split=",
-        "train.warmup_steps=1",
-    ])
+    cfg = load_config(
+        [
+            *args,
+            f"data.path={data}",
+            f"logging.run_dir={run_dir}",
+            f"train.steps={STEPS}",
+            f"logging.log_every_steps={WARMUP}",
+            "train.eval_every_steps=0",
+            "train.sample_tokens=0",
+            "checkpoint.every_steps=0",
+            "logging.tensorboard=false",
+            "data.val_split=",
+            "train.warmup_steps=1",
+        ]
+    )
     start = time.perf_counter()
     train(cfg)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

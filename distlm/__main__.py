@@ -14,7 +14,10 @@ COMMANDS = {
     "params": ("distlm.train.cli", "print the exact parameter count of a model preset"),
     "plan": ("distlm.plan.cli", "predict memory / speed before launch (--measure, --dry-run)"),
     "scale": ("distlm.plan.scale", "measure scaling efficiency across world sizes"),
-    "consolidate": ("distlm.checkpoint.consolidate", "write one safetensors file from a checkpoint"),
+    "consolidate": (
+        "distlm.checkpoint.consolidate",
+        "write one safetensors file from a checkpoint",
+    ),
 }
 
 

@@ -20,7 +20,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = "tiny"  # preset name, for logs only
     vocab_size: int = 4096  # tokenizer vocab; the embedding is padded to vocab_pad_multiple
-    vocab_pad_multiple: int = 64  # pad the embedding rows to a multiple of this (tensor-core shapes)
+    vocab_pad_multiple: int = (
+        64  # pad the embedding rows to a multiple of this (tensor-core shapes)
+    )
     d_model: int = 256  # residual stream width
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # query heads; head_dim = d_model / n_heads
@@ -32,12 +34,16 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     qk_norm: bool = False  # RMSNorm on per-head queries and keys before RoPE
     tie_embeddings: bool = True  # share the token embedding with the output head
-    init_std: float = 0.02  # std of the normal init; output projections scaled by 1/sqrt(2*n_layers)
+    init_std: float = (
+        0.02  # std of the normal init; output projections scaled by 1/sqrt(2*n_layers)
+    )
 
 
 @dataclass
 class DataConfig:
-    path: str = "data/demo"  # dataset dir from `data_tools pretokenize`, or a mix "dirA:0.7,dirB:0.3"
+    path: str = (
+        "data/demo"  # dataset dir from `data_tools pretokenize`, or a mix "dirA:0.7,dirB:0.3"
+    )
     train_split: str = "train"  # split name of the training manifest
     val_split: str = "val"  # split name of the validation manifest ("" = no validation)
     seed: int = 1234  # seed of the window permutation; the batch sequence depends only on it
@@ -70,7 +76,9 @@ class TrainConfig:
     sample_tokens: int = 64  # tokens generated at the end of training (0 = no sample)
     max_nonfinite_steps: int = 3  # consecutive non-finite loss/grad steps before the run stops
     spike_factor: float = 0.0  # loss > factor * moving average is a spike; 0 = detector off
-    spike_rollback: bool = False  # on a spike, roll back to the last checkpoint and skip its batches
+    spike_rollback: bool = (
+        False  # on a spike, roll back to the last checkpoint and skip its batches
+    )
 
 
 @dataclass
@@ -154,7 +162,9 @@ def validate(cfg: Config) -> None:
     """Reject impossible values and combinations, naming the key."""
     m, t, p = cfg.model, cfg.train, cfg.parallel
     if m.d_model % m.n_heads:
-        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}")
+        raise ConfigError(
+            f"model.d_model={m.d_model} must be divisible by model.n_heads={m.n_heads}"
+        )
     if m.n_heads % m.n_kv_heads:
         raise ConfigError(
             f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}; "
@@ -175,9 +185,14 @@ def validate(cfg: Config) -> None:
     if t.global_batch_tokens % t.seq_len:
         raise ConfigError(
             f"train.global_batch_tokens={t.global_batch_tokens} must be a multiple of "
-            f"train.seq_len={t.seq_len}; nearest valid: {_nearest(t.global_batch_tokens, t.seq_len)}"
+            f"train.seq_len={t.seq_len}; "
+            f"nearest valid: {_nearest(t.global_batch_tokens, t.seq_len)}"
         )
-    for key, value in (("train.steps", t.steps), ("train.lr", t.lr), ("model.n_layers", m.n_layers)):
+    for key, value in (
+        ("train.steps", t.steps),
+        ("train.lr", t.lr),
+        ("model.n_layers", m.n_layers),
+    ):
         if value <= 0:
             raise ConfigError(f"{key}={value} must be > 0")
     if t.warmup_steps > t.steps:
@@ -190,8 +205,14 @@ def resolve(cfg: Config, world_size: int) -> Derived:
     t = cfg.train
     global_bs = t.global_batch_tokens // t.seq_len
     if global_bs % world_size:
-        valid = [b * t.seq_len for b in (global_bs // world_size * world_size,
-                                         (global_bs // world_size + 1) * world_size) if b > 0]
+        valid = [
+            b * t.seq_len
+            for b in (
+                global_bs // world_size * world_size,
+                (global_bs // world_size + 1) * world_size,
+            )
+            if b > 0
+        ]
         raise ConfigError(
             f"train.global_batch_tokens={t.global_batch_tokens} is {global_bs} samples of "
             f"seq_len {t.seq_len}, which does not split over world size {world_size}; "

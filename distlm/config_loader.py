@@ -83,7 +83,9 @@ def _load_preset(group: str, name: str) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid yaml: {e}") from e
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of config sections, got {type(tree).__name__}"
+        )
     for key in _flatten(tree):
         _check_key(key, str(path))
     return tree
@@ -93,7 +95,9 @@ def _parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
     presets, dotlist = {}, []
     for arg in args:
         if "=" not in arg:
-            raise ConfigError(f"argument '{arg}' is not key=value (e.g. train.lr=3e-4 or model=124m)")
+            raise ConfigError(
+                f"argument '{arg}' is not key=value (e.g. train.lr=3e-4 or model=124m)"
+            )
         key, _ = arg.split("=", 1)
         key = key.lstrip("+")
         if key in PRESET_GROUPS:

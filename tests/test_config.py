@@ -20,8 +20,11 @@ def test_every_model_preset_loads(name):
 @pytest.mark.parametrize(
     "arg, message",
     [
-        ("trian.lr=1", "unknown config key 'trian.lr' in command-line argument 'trian.lr=1'; "
-                       "did you mean train.lr?"),
+        (
+            "trian.lr=1",
+            "unknown config key 'trian.lr' in command-line argument 'trian.lr=1'; "
+            "did you mean train.lr?",
+        ),
         ("train.lrr=1", "did you mean train.lr"),
         ("model=125m", "no model preset '125m'"),
         ("train.lr=fast", "train.lr"),
@@ -38,8 +41,9 @@ def test_bad_config_is_rejected_by_name(arg, message):
 
 
 def test_batch_derivation_is_world_size_free():
-    cfg = load_config(["train.seq_len=256", "train.global_batch_tokens=8192",
-                       "train.micro_batch_size=4"])
+    cfg = load_config(
+        ["train.seq_len=256", "train.global_batch_tokens=8192", "train.micro_batch_size=4"]
+    )
     one, two = resolve(cfg, 1), resolve(cfg, 2)
     assert one.global_batch_size == two.global_batch_size == 32
     assert (one.grad_accum_steps, two.grad_accum_steps) == (8, 4)

@@ -156,6 +156,8 @@ class CheckpointManager:
         _check_file_sizes(path)
         try:
             strategy.load(path / STATE_DIR)
+        except CheckpointError:  # the strategy's own, already precise
+            raise
         except (Exception, CheckpointException) as e:  # DCP's is a BaseException: name the dir
             raise CheckpointError(
                 f"{path / STATE_DIR}: cannot load model/optimizer state "

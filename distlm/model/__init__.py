@@ -9,5 +9,11 @@ from distlm.model.llama import (
     padded_vocab,
 )
 
-__all__ = ["Block", "Transformer", "build_model", "count_params", "non_embedding_params",
-           "padded_vocab"]
+__all__ = [
+    "Block",
+    "Transformer",
+    "build_model",
+    "count_params",
+    "non_embedding_params",
+    "padded_vocab",
+]

@@ -35,7 +35,8 @@ def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, hd); rotate the two halves of each head (GPT-NeoX layout): (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)
+    # x: (B, H, T, hd); rotate the two halves of each head (GPT-NeoX layout):
+    # (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)
     x1, x2 = x.float().chunk(2, dim=-1)
     cos, sin = cos[: x.size(2)], sin[: x.size(2)]
     out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -126,8 +127,9 @@ class Transformer(nn.Module):
         """Normal(0, std) for matrices; residual outputs scaled by 1/sqrt(2 * n_layers) (GPT-2)."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
-        cos, sin = rope_tables(self.cfg.d_model // self.cfg.n_heads, self.cfg.max_seq_len,
-                               self.cfg.rope_theta)
+        cos, sin = rope_tables(
+            self.cfg.d_model // self.cfg.n_heads, self.cfg.max_seq_len, self.cfg.rope_theta
+        )
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
         for name, p in self.named_parameters():

@@ -1,8 +1,8 @@
 """Parallelism: each strategy is one module applying itself to an unchanged model.
 
-    strategy = build_strategy(cfg, derived, env)
-    model = parallelize(model, cfg, strategy)      # AC -> compile -> strategy.setup
-    optimizer = strategy.build_optimizer()
+strategy = build_strategy(cfg, derived, env)
+model = parallelize(model, cfg, strategy)      # AC -> compile -> strategy.setup
+optimizer = strategy.build_optimizer()
 """
 
 from __future__ import annotations

@@ -11,12 +11,11 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 from distlm.parallel.base import Strategy, build_adamw, params_with_grad
+from distlm.parallel.dcp_state import load_dcp, save_dcp
 
 
 class DDPStrategy(Strategy):
@@ -52,17 +51,8 @@ class DDPStrategy(Strategy):
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def _state(self) -> dict:
-        model_sd, optim_sd = get_state_dict(self.inner, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd}
-
     def save(self, path: Path) -> None:
-        dcp.save(self._state(), checkpoint_id=str(path))
+        save_dcp(self.inner, self.optimizer, path)
 
     def load(self, path: Path) -> None:
-        from distlm.checkpoint.safe_load import safe_dcp_load  # no arbitrary unpickling
-
-        state = self._state()
-        safe_dcp_load(state, path)
-        set_state_dict(self.inner, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+        load_dcp(self.inner, self.optimizer, path)

@@ -14,19 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from distlm.parallel.base import Strategy, build_adamw, params_with_grad, train_dtype
+from distlm.parallel.dcp_state import load_dcp, save_dcp
 
 
 class FSDP2Strategy(Strategy):
@@ -78,23 +76,11 @@ class FSDP2Strategy(Strategy):
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def _state(self) -> dict:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd}
-
     def save(self, path: Path) -> None:
-        dcp.save(self._state(), checkpoint_id=str(path))
+        save_dcp(self.model, self.optimizer, path)
 
     def load(self, path: Path) -> None:
-        # DCP reshards on load: the checkpoint may come from another world size
-        state = self._state()
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-        )
+        load_dcp(self.model, self.optimizer, path)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded fp32 weights (a collective: every rank calls; rank 0's result is complete)."""

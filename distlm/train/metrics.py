@@ -61,8 +61,10 @@ class MetricsLogger:
         if self.writer:
             for k, v in scalars.items():
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
-        print(f"{prefix} step {step:>6} | " + " | ".join(_fmt(k, v) for k, v in scalars.items()),
-              flush=True)
+        print(
+            f"{prefix} step {step:>6} | " + " | ".join(_fmt(k, v) for k, v in scalars.items()),
+            flush=True,
+        )
 
     def info(self, message: str) -> None:
         if self.enabled:

@@ -7,9 +7,17 @@ from torch import nn
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, context: int,
-             vocab_size: int, device: torch.device, temperature: float = 0.8, top_k: int = 40,
-             seed: int = 0) -> list[int]:
+def generate(
+    model: nn.Module,
+    prompt: list[int],
+    max_new_tokens: int,
+    context: int,
+    vocab_size: int,
+    device: torch.device,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    seed: int = 0,
+) -> list[int]:
     """Top-k sampling without a KV cache (the demo's models are tiny).
 
     Sharded models (FSDP2, ZeRO-3) need every rank in each forward, so all ranks call this with
@@ -26,4 +34,4 @@ def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, context: 
         logits[logits < kth] = -float("inf")
         tokens.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)))
     model.train(was_training)
-    return tokens[len(prompt):]
+    return tokens[len(prompt) :]
