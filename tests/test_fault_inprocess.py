@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -201,6 +202,7 @@ def test_safe_dcp_load_matches_dcp_and_refuses_foreign_pickles(trained, tmp_path
     from distlm.config import resolve
     from distlm.model import build_model
     from distlm.parallel import build_strategy, init_distributed, parallelize
+    from distlm.parallel.dcp_state import dcp_state
 
     cfg = load_config(TINY)
     env = init_distributed("cpu")
@@ -209,7 +211,7 @@ def test_safe_dcp_load_matches_dcp_and_refuses_foreign_pickles(trained, tmp_path
         strategy = build_strategy(cfg, resolve(cfg, 1), env)
         parallelize(build_model(cfg.model), cfg, strategy)
         strategy.build_optimizer()
-        return strategy._state()
+        return dcp_state(strategy.inner, strategy.optimizer)
 
     path = ckpt(trained, 12) / "state"
     plain, safe = fresh_state(), fresh_state()
@@ -219,7 +221,7 @@ def test_safe_dcp_load_matches_dcp_and_refuses_foreign_pickles(trained, tmp_path
     assert plain["optim"]["param_groups"] == safe["optim"]["param_groups"]
 
     evil = tmp_path / "state"
-    os.system(f"cp -r {path} {evil}")
+    shutil.copytree(path, evil)
     (evil / ".metadata").write_bytes(pickle.dumps(os.system))  # would run code when unpickled
     with pytest.raises(BaseException) as info:  # DCP's CheckpointException wraps each rank's
         safe_dcp_load(fresh_state(), evil)

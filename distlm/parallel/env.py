@@ -40,6 +40,9 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+_private_group = False  # True once this process made its own one-process group
+
+
 def init_distributed(device: str = "auto", timeout_minutes: int = 10) -> DistEnv:
     """Join (or create, at world size 1) the default process group: nccl on CUDA, gloo on CPU.
 
@@ -50,7 +53,10 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 10) -> DistEnv
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     dev = pick_device(device, local_rank)
     if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:  # plain `python`: a private one-process group
+        global _private_group
+        if _private_group or "MASTER_ADDR" not in os.environ:
+            # plain `python`: a private one-process group, on a fresh port each time
+            _private_group = True
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
