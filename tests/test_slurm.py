@@ -69,6 +69,15 @@ class Cluster:
         ).output
         return out.strip().split(";")[0]
 
+    def diagnostics(self, job: str) -> str:
+        """What slurm itself says of a job, for assertion messages."""
+        ctld = self.base / "log" / "slurmctld.log"
+        tail = ctld.read_text()[-3000:] if ctld.exists() else "(no slurmctld.log)"
+        show = run_command(
+            ["scontrol", "show", "job", job], timeout_s=30, env=self.env, check=False
+        ).output
+        return f"\n--- scontrol show job {job}\n{show}\n--- slurmctld.log tail\n{tail}"
+
     def state(self, job: str) -> dict[str, str]:
         text = self.cmd("scontrol", "show", "job", job)
         return dict(re.findall(r"(\w+)=(\S*)", text))
@@ -185,7 +194,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_exactly(
     cluster.cmd("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = cluster.wait(job)
     log = out.read_text()
-    assert state["JobState"] == "COMPLETED", log[-4000:]
+    assert state["JobState"] == "COMPLETED", log[-4000:] + cluster.diagnostics(job)
     assert "USR1: will checkpoint and stop after this step" in log
     assert re.search(rf"preempted \(training exit \d+\): requeueing job {job}", log), log[-4000:]
     assert f"job {job} restart 1:" in log

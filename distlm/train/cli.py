@@ -44,9 +44,8 @@ def cmd_train(args: list[str]) -> int:
         if not is_oom(e):
             raise
         print(f"[rank {_rank()}] error: {oom_report(cfg)}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    finally:
-        destroy_distributed()
+        return _fail(EXIT_USER_ERROR)
+    destroy_distributed()  # only on success: a failed rank must not wait for its peers
     if result.preempted:
         return EXIT_REQUEUE
     if _rank() == "0" and result.losses:
@@ -84,16 +83,27 @@ def cmd_config(args: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "params": cmd_params, "config": cmd_config}
 
 
+def _fail(code: int) -> int:
+    """In a multi-process job, leave at once: a clean interpreter exit can block in process-group
+    teardown or in a peer's collective. Dying closes our sockets, so the peers' collectives fail
+    and torchrun stops the job (no hang until the collective timeout)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     try:
         return COMMANDS[command](args)
     except _user_errors() as e:
         print(f"[rank {_rank()}] error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
+        return _fail(EXIT_USER_ERROR)
     except Exception:
         print(f"[rank {_rank()}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        return 1
+        return _fail(1)
 
 
 if __name__ == "__main__":
