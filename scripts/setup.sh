@@ -22,7 +22,7 @@ if [ ! -f "$stamp" ]; then
       $PIP install -q "${index[@]}" torch
     else
       echo "setup: no NVIDIA GPU, installing the CPU build torch==2.13.0"
-      $PIP install -q "${index[@]}" torch==2.13.0
+      $PIP install -q "${index[@]}" torch==2.13.0 numpy
     fi
   fi
   torch_version=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
