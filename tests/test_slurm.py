@@ -191,6 +191,9 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_exactly(
     while int(cluster.state(job).get("Restarts", "0")) < 1:
         assert time.monotonic() < deadline, out.read_text()[-4000:]
         time.sleep(0.5)
+    # slurmd revokes the old run's credentials with a 1-second timestamp: a run started in the
+    # same second is killed as "Job credential revoked" (slurm's own 2-min BeginTime avoids it)
+    time.sleep(3)
     cluster.cmd("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = cluster.wait(job)
     log = out.read_text()
