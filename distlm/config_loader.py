@@ -104,7 +104,8 @@ def _parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
             presets[key] = arg.split("=", 1)[1]
         else:
             _check_key(key, f"command-line argument '{arg}'")
-            dotlist.append(arg.lstrip("+"))
+            value = arg.split("=", 1)[1]
+            dotlist.append(f"{key}=" + (value if value else "''"))  # `key=` means ""
     return presets, dotlist
 
 

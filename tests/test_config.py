@@ -56,3 +56,7 @@ def test_indivisible_batch_proposes_valid_values():
     cfg = load_config(["train.micro_batch_size=3"])
     with pytest.raises(ConfigError, match=r"micro_batch_size=3 must divide .* valid: \[1, 2, 4"):
         resolve(cfg, 1)
+
+
+def test_empty_value_means_empty_string():
+    assert load_config(["data.val_split="]).data.val_split == ""
