@@ -133,6 +133,7 @@ def pretokenize(opts: PretokenizeOptions) -> dict:
                 f"{out}: already holds a complete dataset made from other inputs, tokenizer or "
                 "options; pass --overwrite to replace it, or choose another --out"
             )
+    atomic_files.remove_temp_files(out)  # a killed run's half-written journal / tokenizer copy
     journal = _Journal(out / JOURNAL_NAME, fingerprint)
     if not journal.load():
         _clear_dataset(out)
