@@ -23,6 +23,7 @@ from distlm.config_loader import save_config
 from distlm.data import build_train_loader, build_val_loader, load_tokenizer
 from distlm.model import build_model
 from distlm.parallel import Strategy, build_strategy, init_distributed, parallelize
+from distlm.parallel.base import train_dtype
 from distlm.parallel.env import all_reduce_mean
 from distlm.train.fault import EXIT_REQUEUE, PreemptionWatch, debug_pause, injected_loss_factor
 from distlm.train.metrics import MetricsLogger, peak_memory_gb
@@ -57,7 +58,7 @@ def train(cfg: Config) -> TrainResult:
     if env.is_main:
         save_config(cfg, run_dir / "config.yaml")
     log.info(f"world size {env.world_size} on {env.device} | {derived}")
-    bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and env.device.type == "cuda")
+    bf16 = train_dtype(cfg, env.device) == torch.bfloat16  # the strategies resolve it the same way
 
     # ---- data (validated before anything is built: fail before step 0) --------------------
     data_args = dict(
