@@ -15,19 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distlm.config import Config, ConfigError, validate
+from distlm.preset_files import CONFIG_ROOT, PresetError, available_presets, read_preset
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+__all__ = ["CONFIG_ROOT", "available_presets", "load_config", "save_config", "to_yaml"]
 PRESET_GROUPS = ("recipe", "model", "hardware")  # merge order: later groups win
 DEFAULT_PRESETS = {"recipe": "pretrain", "model": "tiny", "hardware": "cpu"}
-
-
-def available_presets(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_ROOT / group).glob("*.yaml"))
 
 
 def _schema_keys(cls: type, prefix: str = "") -> dict[str, Any]:
@@ -79,13 +75,9 @@ def _load_preset(group: str, name: str) -> dict:
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ConfigError(f"no {group} preset '{name}' ({path}); available: {names}{hint}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid yaml: {e}") from e
-    if not isinstance(tree, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of config sections, got {type(tree).__name__}"
-        )
+        tree = read_preset(group, name)
+    except PresetError as e:
+        raise ConfigError(str(e)) from None
     for key in _flatten(tree):
         _check_key(key, str(path))
     return tree

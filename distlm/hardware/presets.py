@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distlm.config_loader import available_presets
 from distlm.hardware.detect import Detected, detect
+from distlm.preset_files import available_presets, read_preset
 
 # GPU-name keyword -> (single-GPU preset, multi-GPU preset); first match wins
 _BY_NAME = (
@@ -38,12 +38,10 @@ class Choice:
 
 def _closest_by_memory(det: Detected) -> str:
     """Unknown GPU: the single-GPU preset whose memory is nearest below (never above) the card's."""
-    from distlm.config_loader import load_config
-
     mem = det.gpus[0].memory_gb
     fits = []
     for name in ("1x4070", "1x4090", "1x5090", "1xh200"):
-        preset_mem = load_config([f"hardware={name}"]).hardware.memory_gb
+        preset_mem = float(read_preset("hardware", name)["hardware"]["memory_gb"])
         if preset_mem <= mem * 1.02:
             fits.append((preset_mem, name))
     return max(fits)[1] if fits else "1x4070"
