@@ -1,8 +1,9 @@
 """Open and validate the datasets named by `data.path`, and read samples from them.
 
 Everything that can be wrong with a dataset is checked here, before step 0: manifest present and
-readable, tokenizer present with the manifest's sha256, vocab size equal to the model's, shards
-present with the manifest's size (and sha256 when asked), one tokenizer across a mixture.
+readable, tokenizer present with the manifest's sha256, vocab size equal to the model's, each
+shard's recorded largest token id below it, shards present with the manifest's size (and, when
+asked, sha256 and a scan of their token ids), one tokenizer across a mixture.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from distlm.data.errors import DataError
 from distlm.data.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, read_manifest
 from distlm.data.mixture import MixtureSchedule, parse_mixture
 from distlm.data.sampler import WindowSampler
+from distlm.data.token_range import check_manifest, scan_split
 from distlm.data.token_stream import TokenStream
 
 
@@ -56,9 +58,13 @@ def open_split(
             f"{dataset_dir / split / MANIFEST_NAME}: dataset vocab_size {manifest.vocab_size} but "
             f"model.vocab_size={vocab_size}; set model.vocab_size={manifest.vocab_size}"
         )
+    check_manifest(dataset_dir / split, manifest)
     check_tokenizer(dataset_dir, manifest)
     stream = TokenStream(dataset_dir / split, manifest, verify_checksums)
-    return SplitData(dataset_dir / split, manifest, stream)
+    data = SplitData(dataset_dir / split, manifest, stream)
+    if verify_checksums:
+        scan_split(data)
+    return data
 
 
 def open_mixture(
@@ -111,6 +117,19 @@ class SampleSource:
             part = np.empty((len(rows), self.seq_len + 1), dtype=out.dtype)
             self._read_one(d, local_ids[rows], part)
             out[rows] = part
+
+    @property
+    def vocab_size(self) -> int:
+        return self.splits[0].manifest.vocab_size  # one tokenizer across a mixture
+
+    def locate(self, sample_id: int) -> tuple[int, int]:
+        """(dataset index, window id) that global sample `sample_id` reads."""
+        ids = np.array([sample_id], dtype=np.int64)
+        if self.schedule is None:
+            return 0, int(self.samplers[0].windows(ids)[0])
+        datasets, local_ids = self.schedule.assign(ids)
+        d = int(datasets[0])
+        return d, int(self.samplers[d].windows(local_ids)[0])
 
     def _read_one(self, d: int, ids: np.ndarray, out: np.ndarray) -> None:
         self.splits[d].stream.gather(self.samplers[d].windows(ids) * self.seq_len, out)

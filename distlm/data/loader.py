@@ -19,6 +19,7 @@ import torch
 from distlm.config import DataConfig
 from distlm.data.dataset import SampleSource, open_mixture
 from distlm.data.errors import DataError
+from distlm.data.token_range import check_batch
 
 STATE_VERSION = 1
 Batch = list[tuple[torch.Tensor, torch.Tensor]]  # [(inputs, targets)], each (micro, seq_len) int64
@@ -54,6 +55,7 @@ class _BatchMaker:
         shape = (self.local_batch_size, self.seq_len + 1)
         windows = torch.empty(shape, dtype=torch.int64, pin_memory=self.pin)  # (local_B, T + 1)
         self.source.read(ids, windows.numpy())
+        check_batch(self.source, k, ids, windows.numpy())  # an id >= vocab: DataError, not step 1
         m = self.micro_batch_size
         return [windows[i : i + m] for i in range(0, len(ids), m)]
 

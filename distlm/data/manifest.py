@@ -21,7 +21,8 @@ class Manifest:
     split: str
     tokenizer: dict  # {path, sha256, vocab_size, bos_id, eos_id, pad_id}
     dtype: str  # uint16 | uint32
-    shards: list[dict]  # [{file, tokens, documents, bytes, sha256}]
+    shards: list[dict]  # [{file, tokens, documents, bytes, sha256, max_token_id}]; max_token_id
+    # is absent in manifests written before it was recorded (then the loader scans or guards)
     sources: list[dict]  # [{path, bytes, documents, text_bytes, tokens, empty, ...}], whole run
     created_by: str = ""  # the command line
     fingerprint: str = ""  # sha256 of everything that decides the shards' bytes

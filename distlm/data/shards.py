@@ -32,7 +32,8 @@ def shard_name(index: int) -> str:
 def write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray) -> dict:
     """Write the documents (tokens concatenated, `lengths` per document) atomically.
 
-    Returns the manifest entry: file, tokens, documents, bytes, sha256.
+    Returns the manifest entry: file, tokens, documents, bytes, sha256, max_token_id (checked
+    against the model's vocab before step 0).
     """
     if len(tokens) > MAX_SHARD_TOKENS:
         raise DataError(f"{path}: {len(tokens)} tokens exceed the {MAX_SHARD_TOKENS} of one shard")
@@ -51,6 +52,7 @@ def write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray) -> dict:
         "documents": int(len(lengths)),
         "bytes": data.size,
         "sha256": hashlib.sha256(data).hexdigest(),
+        "max_token_id": int(tokens.max()) if len(tokens) else -1,
     }
 
 
