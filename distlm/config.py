@@ -37,6 +37,7 @@ class ModelConfig:
     init_std: float = (
         0.02  # std of the normal init; output projections scaled by 1/sqrt(2*n_layers)
     )
+    loss_chunk_tokens: int = 0  # tokens per chunk of the fused head + loss; 0 = plain logits
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TrainConfig:
     spike_rollback: bool = (
         False  # on a spike, roll back to the last checkpoint and skip its batches
     )
+    optimizer: str = "adamw"  # adamw | adamw8bit (8-bit moments, bitsandbytes)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class ParallelConfig:
     zero_prefetch_bucket_size: int = 50_000_000  # DeepSpeed ZeRO-3 prefetch bucket, elements
     zero_overlap_comm: bool = True  # DeepSpeed: overlap gradient reduction with backward
     timeout_minutes: int = 10  # collective timeout before a hung job is torn down
+    offload: str = "none"  # none | optimizer | all: CPU offload of optimizer (+ params) state
 
 
 @dataclass
@@ -197,6 +200,46 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value} must be > 0")
     if t.warmup_steps > t.steps:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} exceeds train.steps={t.steps}")
+    validate_memory_features(cfg)
+
+
+# which strategies can offload what, and which can step 8-bit AdamW (see distlm/parallel/)
+OFFLOAD_STRATEGIES = {
+    "optimizer": ("fsdp2", "zero1", "zero2", "zero3"),
+    "all": ("fsdp2", "zero3"),
+}
+OPTIMIZERS = {"adamw": STRATEGIES, "adamw8bit": ("ddp", "fsdp2")}
+
+
+def validate_memory_features(cfg: Config) -> None:
+    """parallel.offload, train.optimizer and model.loss_chunk_tokens against the strategy."""
+    p, t = cfg.parallel, cfg.train
+    if p.offload not in ("none", *OFFLOAD_STRATEGIES):
+        choices = ["none", *OFFLOAD_STRATEGIES]
+        raise ConfigError(f"parallel.offload={p.offload!r} is not one of {choices}")
+    if p.offload != "none" and p.strategy not in OFFLOAD_STRATEGIES[p.offload]:
+        able = OFFLOAD_STRATEGIES[p.offload]
+        raise ConfigError(
+            f"parallel.offload={p.offload} is not supported by parallel.strategy={p.strategy}; "
+            f"strategies that can: {', '.join(able)} (or set parallel.offload=none)"
+        )
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r} is not one of {list(OPTIMIZERS)}")
+    if p.strategy not in OPTIMIZERS[t.optimizer]:
+        raise ConfigError(
+            f"train.optimizer={t.optimizer} cannot run under parallel.strategy={p.strategy} "
+            f"(DeepSpeed steps its own fp32 optimizer); use parallel.strategy="
+            f"{' or '.join(OPTIMIZERS[t.optimizer])}, or train.optimizer=adamw"
+        )
+    if t.optimizer == "adamw8bit" and p.offload != "none":
+        raise ConfigError(
+            "train.optimizer=adamw8bit with parallel.offload is not supported (the 8-bit step "
+            "runs on the accelerator); choose one: parallel.offload=none or train.optimizer=adamw"
+        )
+    if cfg.model.loss_chunk_tokens < 0:
+        raise ConfigError(
+            f"model.loss_chunk_tokens={cfg.model.loss_chunk_tokens} must be >= 0 (0 = plain loss)"
+        )
 
 
 def resolve(cfg: Config, world_size: int) -> Derived:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distlm.config import ModelConfig
+from distlm.model.loss import linear_cross_entropy
 
 
 def padded_vocab(cfg: ModelConfig) -> int:
@@ -29,18 +30,54 @@ def ffn_hidden(cfg: ModelConfig) -> int:
 
 
 def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin, each (T, 1, hd) fp32: the layout `apply_rope` multiplies by directly.
+
+    Both halves of a head share one angle (GPT-NeoX / Hugging Face Llama layout); the sign of
+    `rotate_half` is folded into sin's first half, so RoPE is two multiplies and one roll.
+    """
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)  # (T, hd/2)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    cos = torch.cat((cos, cos), dim=-1)  # (T, hd)
+    sin = torch.cat((-sin, sin), dim=-1)
+    return cos[:, None, :], sin[:, None, :]  # (T, 1, hd): broadcast over (B, T, heads, hd)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, hd); rotate the two halves of each head (GPT-NeoX layout):
-    # (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)
-    x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[: x.size(2)], sin[: x.size(2)]
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.type_as(x)
+    """x (B, T, heads, hd) -> rotated, same shape and dtype; (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
+
+    Nothing of x is saved for backward (only the constant tables, which are buffers), and it
+    runs in x's dtype: q and k of all heads go through in one call.
+    """
+    t = x.size(1)
+    cos, sin = cos[:t].to(x.dtype), sin[:t].to(x.dtype)
+    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """y = x / rms(x) * w in fp32, cast to x's dtype; saves x and rstd (B, T, 1) only.
+
+    torch's CPU `rms_norm` is a composite that autograd records op by op: it keeps x, rstd and
+    the normalised x. This keeps one tensor per token fewer and is one autograd node.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 in gradient checks
+        xf = x.to(acc)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd * weight.to(acc)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x.to(rstd.dtype) * rstd
+        g = grad.to(rstd.dtype)
+        gxhat = g * weight.to(rstd.dtype)
+        gx = rstd * (gxhat - xhat * (gxhat * xhat).mean(-1, keepdim=True))
+        gw = (g * xhat).flatten(0, -2).sum(0)
+        return gx.to(x.dtype), gw.to(weight.dtype), None
 
 
 class RMSNorm(nn.Module):
@@ -50,10 +87,34 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
+        if x.device.type == "cuda":  # a real fused kernel (fp32 accumulation) that saves x, rstd
+            return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
+        return _RMSNormFn.apply(x, self.weight, self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
+
+
+class _SwiGLUFn(torch.autograd.Function):
+    """silu(gate) * up from the fused (..., 2F) projection; saves only that input.
+
+    Autograd would also keep silu(gate) (F per token); backward recomputes it instead.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        d_gate = grad * up * sig * (1 + gate * (1 - sig))
+        return torch.cat((d_gate, grad * silu), dim=-1)
 
 
 class Attention(nn.Module):
@@ -69,17 +130,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([C, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim)  # heads: H q, Hkv k, Hkv v
+        qk = qkv[:, :, : H + Hkv]  # (B, T, H + Hkv, hd) view
+        if self.q_norm is not None:  # the norms save their input: rotate into a new tensor
+            qk = apply_rope(
+                torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), 2), cos, sin
+            )
+        else:  # rotate in place: q, k and v stay views of the one qkv tensor SDPA saves
+            qk.copy_(apply_rope(qk, cos, sin))
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd), strided: SDPA reads it as is
+        k = qk[:, :, H:].transpose(1, 2)  # (B, Hkv, T, hd)
+        v = qkv[:, :, H + Hkv :].transpose(1, 2)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # (B, H, T, hd)
+            q, k, v, is_causal=True, enable_gqa=Hkv != H
+        )  # (B, H, T, hd); the flash kernels lay it out (B, T, H, hd), so the reshape is a view
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -91,8 +156,7 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(hidden, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(_SwiGLUFn.apply(self.gate_up(x)))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -150,10 +214,10 @@ class Transformer(nn.Module):
             x = block(x, self.rope_cos, self.rope_sin)
         x = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
-        logits = F.linear(x, weight)  # (B, T, V)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1))
+            return F.linear(x, weight)  # (B, T, V)
+        # model.loss_chunk_tokens > 0: the (B, T, V) logits never exist at once (model/loss.py)
+        return linear_cross_entropy(x, weight, targets, self.cfg.loss_chunk_tokens)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
