@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distlm.config import Config, ConfigError, validate
+from distlm.config_hints import suggest_keys
 from distlm.preset_files import CONFIG_ROOT, PresetError, available_presets, read_preset
 
 __all__ = ["CONFIG_ROOT", "available_presets", "load_config", "save_config", "to_yaml"]
@@ -40,18 +41,12 @@ def _schema_keys(cls: type, prefix: str = "") -> dict[str, Any]:
 
 
 SCHEMA_KEYS = _schema_keys(Config)
-_SECTIONS = {k.split(".")[0] for k in SCHEMA_KEYS}
 
 
 def _check_key(key: str, where: str) -> None:
     if key in SCHEMA_KEYS or any(key.startswith(k + ".") for k in SCHEMA_KEYS if "env" in k):
         return
-    guesses = difflib.get_close_matches(key, list(SCHEMA_KEYS), n=3, cutoff=0.6)
-    if not guesses:  # maybe the section is misspelt: trian.lr -> train.lr
-        section, _, rest = key.partition(".")
-        for s in difflib.get_close_matches(section, sorted(_SECTIONS), n=1):
-            if f"{s}.{rest}" in SCHEMA_KEYS:
-                guesses = [f"{s}.{rest}"]
+    guesses = suggest_keys(key, list(SCHEMA_KEYS))
     hint = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
     raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
