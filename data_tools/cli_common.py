@@ -28,7 +28,13 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="force one format for all inputs (default: from the file name)",
     )
-    parser.add_argument("--text-field", default="text", help="jsonl key / parquet column")
+    parser.add_argument(
+        "--text-field",
+        action="append",
+        metavar="NAME",
+        help="jsonl key / parquet column holding the text (default: text); once for all "
+        "inputs, or once per input in their order when they differ (any name for a .txt input)",
+    )
     parser.add_argument(
         "--txt-mode",
         choices=TXT_MODES,
@@ -43,8 +49,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inputs_from_args(args: argparse.Namespace) -> tuple[list[InputFile], ReadOptions]:
-    read = ReadOptions(text_field=args.text_field, txt_mode=args.txt_mode, skip_bad=args.skip_bad)
-    return resolve_inputs(args.inputs, args.format), read
+    fields = args.text_field or ["text"]
+    per_input = fields if len(fields) > 1 else None  # resolve_inputs checks one per input
+    read = ReadOptions(text_field=fields[0], txt_mode=args.txt_mode, skip_bad=args.skip_bad)
+    return resolve_inputs(args.inputs, args.format, per_input), read
 
 
 def command_line() -> str:

@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--model-type", choices=MODEL_TYPES, default=d.model_type)
     p.add_argument("--no-byte-fallback", dest="byte_fallback", action="store_false")
+    p.add_argument(
+        "--character-coverage",
+        type=float,
+        default=d.character_coverage,
+        help="share of the sample's characters given a piece; the rest become byte pieces",
+    )
     for name in ("unk_id", "bos_id", "eos_id", "pad_id"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument(
@@ -40,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size=args.vocab_size,
         model_type=args.model_type,
         byte_fallback=args.byte_fallback,
+        character_coverage=args.character_coverage,
         unk_id=args.unk_id,
         bos_id=args.bos_id,
         eos_id=args.eos_id,

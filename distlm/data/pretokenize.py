@@ -68,7 +68,7 @@ def _fingerprint(opts: PretokenizeOptions, tok: Tokenizer) -> str:
     key = {
         "format_version": FORMAT_VERSION,
         "tokenizer_sha256": tok.sha256,
-        "inputs": [asdict(i) for i in opts.inputs],
+        "inputs": [i.key() for i in opts.inputs],
         "read": asdict(opts.read),
         "val_fraction": opts.val_fraction,
         "shard_tokens": opts.shard_tokens,
@@ -137,8 +137,7 @@ def pretokenize(opts: PretokenizeOptions) -> dict:
     journal = _Journal(out / JOURNAL_NAME, fingerprint)
     if not journal.load():
         _clear_dataset(out)
-    for split in splits:
-        (out / split).mkdir(parents=True, exist_ok=True)
+    for split in splits:  # split folders appear with their first shard: none left empty
         atomic_files.remove_temp_files(out / split)
         for entry in journal.shards.get(split, []):
             check_shard(out / split / entry["file"], entry, verify_checksum=True)
@@ -151,6 +150,8 @@ def _clear_dataset(out: Path) -> None:
         (split_dir / MANIFEST_NAME).unlink(missing_ok=True)
         for shard in split_dir.glob("shard-*.arrow"):
             shard.unlink()
+        if split_dir.name in ("train", "val") and not any(split_dir.iterdir()):
+            split_dir.rmdir()  # so that a run failing from here on leaves no empty split folder
     (out / JOURNAL_NAME).unlink(missing_ok=True)
 
 

@@ -8,6 +8,7 @@ JSON or lacks the text field is an error naming file:line (or skipped and counte
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -29,6 +30,15 @@ class InputFile:
     path: str  # as resolved (absolute)
     fmt: str  # one of FORMATS
     bytes: int  # size on disk
+    text_field: str = ""  # jsonl key / parquet column of this file; "" = ReadOptions.text_field
+
+    def key(self) -> dict:
+        """What identifies this input in a dataset's fingerprint (text_field only when set, so
+        datasets made before per-input fields existed keep theirs)."""
+        key = dataclasses.asdict(self)
+        if not self.text_field:
+            del key["text_field"]
+        return key
 
 
 @dataclass(frozen=True)
@@ -64,36 +74,52 @@ def detect_format(path: str) -> str | None:
     return None
 
 
-def resolve_inputs(patterns: list[str], fmt: str | None = None) -> list[InputFile]:
+def resolve_inputs(
+    patterns: list[str], fmt: str | None = None, text_fields: list[str] | None = None
+) -> list[InputFile]:
     """Files, directories (recursive) or globs -> a sorted, de-duplicated list of input files.
 
     `fmt` forces a format (e.g. "txt" for a tree of `.py` files); otherwise it comes from the name.
+    `text_fields`, one per pattern, gives the files of each pattern their jsonl key / parquet
+    column (inputs that name the text differently); None: ReadOptions.text_field for all.
     """
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"--format {fmt!r} is not one of {list(FORMATS)}")
-    found: list[str] = []
-    for pattern in patterns:
+    if text_fields is not None and len(text_fields) != len(patterns):
+        raise DataError(
+            f"--text-field given {len(text_fields)} times for {len(patterns)} inputs: give it "
+            "once (for all inputs) or once per input, in the order of the inputs"
+        )
+    found: list[tuple[str, str]] = []  # (file, text field)
+    for i, pattern in enumerate(patterns):
+        field = text_fields[i] if text_fields is not None else ""
         if os.path.isdir(pattern):
             files = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file())
-            found += [f for f in files if fmt or detect_format(f)]
+            found += [(f, field) for f in files if fmt or detect_format(f)]
         elif os.path.isfile(pattern):
             if not (fmt or detect_format(pattern)):
                 raise DataError(
                     f"{pattern}: unknown input format; expected a name ending in "
                     f"{', '.join('.' + f for f in FORMATS)} (or pass --format)"
                 )
-            found.append(pattern)
+            found.append((pattern, field))
         else:
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
             if not matches:
                 raise DataError(f"{pattern}: no such file, directory or glob match")
-            found += [m for m in matches if fmt or detect_format(m)]
-    inputs, seen = [], set()
-    for f in found:
+            found += [(m, field) for m in matches if fmt or detect_format(m)]
+    inputs, seen = [], {}
+    for f, field in found:
         path = os.path.abspath(f)
+        if path in seen and seen[path] != field:
+            raise DataError(
+                f"{path}: matched by two inputs with different --text-field "
+                f"({seen[path]!r}, {field!r}); name each file by one input"
+            )
         if path not in seen:
-            seen.add(path)
-            inputs.append(InputFile(path, fmt or detect_format(path), os.path.getsize(path)))
+            seen[path] = field
+            fmt_ = fmt or detect_format(path)
+            inputs.append(InputFile(path, fmt_, os.path.getsize(path), field))
     if not inputs:
         raise DataError(f"no input files with a known format in {patterns}")
     return inputs
@@ -175,6 +201,8 @@ def iter_parquet_texts(
 
 def iter_piece_texts(piece: Piece, opts: ReadOptions, stats: SourceStats) -> Iterator[str]:
     """All texts of one piece, before normalization (empty ones included)."""
+    if piece.text_field:
+        opts = dataclasses.replace(opts, text_field=piece.text_field)
     if piece.kind == "parquet":
         yield from iter_parquet_texts(piece.path, piece.row_groups, opts, stats)
     elif piece.kind == "jsonl":
@@ -195,3 +223,4 @@ class Piece:
     data: bytes = b""  # txt: the whole file; jsonl: complete lines (decompressed)
     first_line: int = 1  # jsonl: line number of data's first line
     row_groups: tuple[int, int] = (0, 0)  # parquet: row groups [a, b)
+    text_field: str = ""  # its input's text_field ("" = ReadOptions.text_field)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from distlm.data.readers import InputFile, ReadOptions, SourceStats, iter_piece_
 from distlm.data.work_units import iter_units
 
 MODEL_TYPES = ("bpe", "unigram")
+MIN_CHARACTER_COVERAGE = 0.98  # sentencepiece refuses less (trainer_interface.cc)
+BYTE_PIECES = 256  # what byte_fallback adds to the vocabulary
 
 
 class Tokenizer:
@@ -57,6 +60,7 @@ class TokenizerTrainOptions:
     vocab_size: int = 32768  # pieces, specials and 256 byte-fallback pieces included
     model_type: str = "bpe"  # bpe | unigram
     byte_fallback: bool = True  # unknown characters become UTF-8 byte pieces, never <unk>
+    character_coverage: float = 0.9995  # share of the sample's characters that get a piece
     unk_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -97,6 +101,41 @@ def _sample_sentences(
             return
 
 
+def _training_error(
+    message: str, out_path: str | os.PathLike, opts: TokenizerTrainOptions, stats: dict
+) -> DataError:
+    """sentencepiece's INTERNAL check failures as what to change, with the numbers it found."""
+    docs = stats["documents"]
+    sample = f"the sample of {stats['bytes']:,} bytes ({docs} document{'s' * (docs != 1)})"
+    if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
+        need = int(m[1])
+        specials = sum(getattr(opts, k) >= 0 for k in ("unk_id", "bos_id", "eos_id", "pad_id"))
+        byte_pieces = BYTE_PIECES if opts.byte_fallback else 0
+        chars = need - specials - byte_pieces
+        fallback = (
+            f"; --no-byte-fallback needs {BYTE_PIECES} fewer but turns unseen characters into <unk>"
+            if opts.byte_fallback
+            else ""
+        )
+        return DataError(
+            f"--vocab-size {opts.vocab_size} is too small for {out_path}: {sample} has {chars} "
+            f"characters that character_coverage {opts.character_coverage} keeps, and with "
+            f"{byte_pieces} byte pieces and {specials} special ids the vocabulary needs at least "
+            f"{need} pieces. Pass --vocab-size {need} or more (a language model wants far more "
+            f"than its characters), or --character-coverage {MIN_CHARACTER_COVERAGE} (the "
+            f"least sentencepiece takes) to leave the rarest characters to byte pieces{fallback}"
+        )
+    if m := re.search(
+        r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message
+    ):
+        return DataError(
+            f"--vocab-size {opts.vocab_size} is more than sentencepiece can make from {sample} "
+            f"for {out_path} (at most {m[1]}): pass --vocab-size {m[1]} or less, or train on "
+            "more text (--sample-bytes, more inputs)"
+        )
+    return DataError(f"sentencepiece training for {out_path} failed: {message}")
+
+
 def train_tokenizer(
     inputs: list[InputFile],
     out_path: str | os.PathLike,
@@ -108,6 +147,11 @@ def train_tokenizer(
 
     if opts.model_type not in MODEL_TYPES:
         raise DataError(f"model type {opts.model_type!r} is not one of {list(MODEL_TYPES)}")
+    if not MIN_CHARACTER_COVERAGE <= opts.character_coverage <= 1.0:
+        raise DataError(
+            f"--character-coverage {opts.character_coverage} must be in "
+            f"[{MIN_CHARACTER_COVERAGE}, 1.0] (sentencepiece's range)"
+        )
     stats = {"documents": 0, "bytes": 0, "lines": 0}
     model = io.BytesIO()
     try:
@@ -117,6 +161,7 @@ def train_tokenizer(
             vocab_size=opts.vocab_size,
             model_type=opts.model_type,
             byte_fallback=opts.byte_fallback,
+            character_coverage=opts.character_coverage,
             unk_id=opts.unk_id,
             bos_id=opts.bos_id,
             eos_id=opts.eos_id,
@@ -131,7 +176,7 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise DataError(f"sentencepiece training for {out_path} failed: {e}") from None
+        raise _training_error(str(e), out_path, opts, stats) from None
     if stats["documents"] == 0:
         raise DataError(f"no documents in the tokenizer sample of {[i.path for i in inputs]}")
     atomic_files.write_bytes(out_path, model.getvalue())

@@ -92,7 +92,10 @@ def _jsonl_pieces(source: int, inp: InputFile, unit_bytes: int) -> Iterator[tupl
             if cut:
                 disk = raw.tell() - done_bytes if block else inp.bytes - done_bytes
                 done_bytes += disk
-                yield Piece(source, "jsonl", inp.path, data[:cut], line), cut, disk
+                piece = Piece(
+                    source, "jsonl", inp.path, data[:cut], line, text_field=inp.text_field
+                )
+                yield piece, cut, disk
                 line += data.count(b"\n", 0, cut)
             carry = data[cut:]
             if not block:
@@ -109,16 +112,18 @@ def _parquet_pieces(
         names = meta.schema.to_arrow_schema().names
     except Exception as e:  # pyarrow raises several types for a corrupt file
         raise DataError(f"{inp.path}: unreadable parquet ({type(e).__name__}: {e})") from None
-    if opts.text_field not in names:
+    field = inp.text_field or opts.text_field
+    if field not in names:
         raise DataError(
-            f"{inp.path}: no column {opts.text_field!r} (columns: {names}); "
-            "choose one with --text-field"
+            f"{inp.path}: no column {field!r} (columns: {names}); choose one with --text-field"
         )
     start, size, rows = 0, 0, max(1, meta.num_rows)
     for rg in range(meta.num_row_groups):
         size += meta.row_group(rg).total_byte_size
         if size >= unit_bytes or rg == meta.num_row_groups - 1:
             piece_rows = sum(meta.row_group(i).num_rows for i in range(start, rg + 1))
-            piece = Piece(source, "parquet", inp.path, row_groups=(start, rg + 1))
+            piece = Piece(
+                source, "parquet", inp.path, row_groups=(start, rg + 1), text_field=inp.text_field
+            )
             yield piece, size, inp.bytes * piece_rows // rows
             start, size = rg + 1, 0
