@@ -18,6 +18,7 @@ COMMANDS = {
         "distlm.checkpoint.consolidate",
         "write one safetensors file from a checkpoint",
     ),
+    "export": ("distlm.export.cli", "write a Hugging Face model folder from a checkpoint"),
 }
 
 

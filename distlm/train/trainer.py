@@ -21,6 +21,7 @@ from distlm.checkpoint.manager import TRAINER_STATE
 from distlm.config import Config, resolve
 from distlm.config_loader import save_config
 from distlm.data import build_train_loader, build_val_loader, load_tokenizer
+from distlm.export.hf_import import init_from_hf
 from distlm.model import build_model
 from distlm.parallel import Strategy, build_strategy, init_distributed, parallelize
 from distlm.parallel.base import train_dtype
@@ -76,6 +77,8 @@ def train(cfg: Config) -> TrainResult:
     # ---- model, parallelism, optimizer --------------------------------------------------------
     torch.manual_seed(cfg.train.seed)  # identical init on every rank
     model = build_model(cfg.model, env.device)
+    if note := init_from_hf(model, cfg, run_dir, env.rank):  # model.init_from=hf:DIR
+        log.info(note)
     strategy = build_strategy(cfg, derived, env)
     model = parallelize(model, cfg, strategy)
     strategy.build_optimizer()
