@@ -101,6 +101,32 @@ def _sample_sentences(
             return
 
 
+def _vocab_too_small(
+    need: int, out_path: str | os.PathLike, opts: TokenizerTrainOptions, sample: str
+) -> DataError:
+    """`need` = characters kept + byte pieces + special ids (sentencepiece's own sum)."""
+    specials = sum(getattr(opts, k) >= 0 for k in ("unk_id", "bos_id", "eos_id", "pad_id"))
+    byte_pieces = BYTE_PIECES if opts.byte_fallback else 0
+    rarest_go_to = "byte pieces" if opts.byte_fallback else "<unk>"
+    other_ways = []
+    if opts.character_coverage > MIN_CHARACTER_COVERAGE:
+        other_ways.append(
+            f", or --character-coverage {MIN_CHARACTER_COVERAGE} (the least sentencepiece "
+            f"takes) to leave the rarest characters to {rarest_go_to}"
+        )
+    if opts.byte_fallback:
+        other_ways.append(
+            f"; --no-byte-fallback needs {BYTE_PIECES} fewer but turns unseen characters into <unk>"
+        )
+    return DataError(
+        f"--vocab-size {opts.vocab_size} is too small for {out_path}: {sample} has "
+        f"{need - specials - byte_pieces} characters that character_coverage "
+        f"{opts.character_coverage} keeps, and with {byte_pieces} byte pieces and {specials} "
+        f"special ids the vocabulary needs at least {need} pieces. Pass --vocab-size {need} or "
+        f"more (a language model wants far more than its characters){''.join(other_ways)}"
+    )
+
+
 def _training_error(
     message: str, out_path: str | os.PathLike, opts: TokenizerTrainOptions, stats: dict
 ) -> DataError:
@@ -108,23 +134,7 @@ def _training_error(
     docs = stats["documents"]
     sample = f"the sample of {stats['bytes']:,} bytes ({docs} document{'s' * (docs != 1)})"
     if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
-        need = int(m[1])
-        specials = sum(getattr(opts, k) >= 0 for k in ("unk_id", "bos_id", "eos_id", "pad_id"))
-        byte_pieces = BYTE_PIECES if opts.byte_fallback else 0
-        chars = need - specials - byte_pieces
-        fallback = (
-            f"; --no-byte-fallback needs {BYTE_PIECES} fewer but turns unseen characters into <unk>"
-            if opts.byte_fallback
-            else ""
-        )
-        return DataError(
-            f"--vocab-size {opts.vocab_size} is too small for {out_path}: {sample} has {chars} "
-            f"characters that character_coverage {opts.character_coverage} keeps, and with "
-            f"{byte_pieces} byte pieces and {specials} special ids the vocabulary needs at least "
-            f"{need} pieces. Pass --vocab-size {need} or more (a language model wants far more "
-            f"than its characters), or --character-coverage {MIN_CHARACTER_COVERAGE} (the "
-            f"least sentencepiece takes) to leave the rarest characters to byte pieces{fallback}"
-        )
+        return _vocab_too_small(int(m[1]), out_path, opts, sample)
     if m := re.search(
         r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message
     ):
