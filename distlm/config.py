@@ -49,7 +49,7 @@ class DataConfig:
     train_split: str = "train"  # split name of the training manifest
     val_split: str = "val"  # split name of the validation manifest ("" = no validation)
     seed: int = 1234  # seed of the window permutation; the batch sequence depends only on it
-    verify_checksums: bool = False  # sha256 every shard against the manifest before step 0
+    verify_checksums: bool = False  # sha256 + token id scan of every shard before step 0
     prefetch_batches: int = 2  # global batches prepared ahead by the background thread
 
 
