@@ -18,6 +18,7 @@ import torch
 from distlm.config import DataConfig
 from distlm.config_loader import load_config
 from distlm.data import DataError, build_train_loader
+from distlm.data.inspect_dataset import verify
 from distlm.data.manifest import read_manifest
 from distlm.data.sampler import WindowSampler
 from distlm.data.shards import open_shard
@@ -113,12 +114,16 @@ def test_recorded_max_token_id_outside_the_vocab_stops_before_step_0(dataset):
 def test_verify_checksums_scans_the_tokens_of_an_old_manifest(dataset):
     path, document, token = _corrupt(dataset, 12_345, manifest="old")
     _loader(dataset).close()  # no max_token_id, same size and a matching sha256: loads
-    with pytest.raises(DataError) as e:
-        _loader(dataset, verify_checksums=True)
-    assert str(e.value) == (
+    expected = (
         f"{path}: token id {BAD_ID} is not below vocab_size {VOCAB} (model.vocab_size) at token "
         f"{token} of document {document}: {WHAT_TO_DO}"
     )
+    with pytest.raises(DataError) as e:
+        _loader(dataset, verify_checksums=True)
+    assert str(e.value) == expected
+    with pytest.raises(DataError) as e:  # python -m data_tools.inspect DATASET --verify
+        verify(dataset)
+    assert str(e.value) == expected
 
 
 def test_stale_manifest_corrupt_id_in_a_batch_names_shard_document_and_sample(dataset):
