@@ -41,7 +41,13 @@ _state: dict = {}
 
 def init_worker(settings: EncodeSettings) -> None:
     """Pool initializer: load the tokenizer once per process."""
-    import sentencepiece as spm
+    import multiprocessing as mp
+
+    from distlm.lifecycle import die_with_parent
+
+    if (parent := mp.parent_process()) is not None:  # a pool worker, not the inline path
+        die_with_parent(parent.pid)
+    import sentencepiece as spm  # after arming: tests/test_orphans.py reads it as the sign
 
     _state["settings"] = settings
     _state["sp"] = spm.SentencePieceProcessor(model_proto=settings.model_proto)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from distlm.lifecycle import die_with_parent
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -40,6 +42,11 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def launch_world_size() -> int:
+    """The world size the launcher set (torchrun / slurm: WORLD_SIZE), 1 for plain `python`."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 _private_group = False  # True once this process made its own one-process group
 
 
@@ -48,9 +55,11 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 10) -> DistEnv
 
     Always having a process group keeps every strategy on one code path, DeepSpeed included.
     """
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: die with the agent
+        die_with_parent()
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    world_size = launch_world_size()
     dev = pick_device(device, local_rank)
     if not dist.is_initialized():
         global _private_group

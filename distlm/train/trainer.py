@@ -25,7 +25,7 @@ from distlm.export.hf_import import init_from_hf
 from distlm.model import build_model
 from distlm.parallel import Strategy, build_strategy, init_distributed, parallelize
 from distlm.parallel.base import train_dtype
-from distlm.parallel.env import all_reduce_mean
+from distlm.parallel.env import all_reduce_mean, launch_world_size
 from distlm.train.fault import EXIT_REQUEUE, PreemptionWatch, debug_pause, injected_loss_factor
 from distlm.train.metrics import MetricsLogger, peak_memory_gb
 from distlm.train.numerics import (
@@ -52,8 +52,9 @@ class TrainResult:
 
 def train(cfg: Config) -> TrainResult:
     # ---- setup ----------------------------------------------------------------------------
+    # config errors first, before the rendezvous: every rank refuses alone, with the same line
+    derived = resolve(cfg, launch_world_size())
     env = init_distributed(cfg.train.device, cfg.parallel.timeout_minutes)
-    derived = resolve(cfg, env.world_size)
     run_dir = Path(cfg.logging.run_dir)
     log = MetricsLogger(cfg, run_dir, enabled=env.is_main, world_size=env.world_size)
     if env.is_main:
