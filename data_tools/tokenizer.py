@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     d = TokenizerTrainOptions()
     p = make_parser("data_tools.tokenizer", __doc__)
     add_input_arguments(p)
-    p.add_argument("--out", required=True, help="path of the .model to write (+ a .json card)")
+    p.add_argument("--out", required=True, help="path of the .model to write (+ its _card.json)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--model-type", choices=MODEL_TYPES, default=d.model_type)
     p.add_argument("--no-byte-fallback", dest="byte_fallback", action="store_false")

@@ -24,7 +24,7 @@ from distlm.data.manifest import read_manifest
 from distlm.data.pretokenize import JOURNAL_NAME, PretokenizeOptions, pretokenize
 from distlm.data.readers import ReadOptions, resolve_inputs
 from distlm.data.shards import open_shard
-from distlm.data.tokenizer import Tokenizer, TokenizerTrainOptions, train_tokenizer
+from distlm.data.tokenizer import Tokenizer, TokenizerTrainOptions, card_path, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_BYTES = 2_000_000  # a real corpus: the first ~2 MB of the stdlib's .py files
@@ -69,7 +69,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_card_records_the_tokenizer(tokenizer_path):
-    card = json.loads(tokenizer_path.with_suffix(".json").read_text())
+    card = json.loads(card_path(tokenizer_path).read_text())
+    assert card_path(tokenizer_path).name == "tok_card.json"  # never Hugging Face's tokenizer.json
     tok = Tokenizer(tokenizer_path)
     assert card["sha256"] == tok.sha256 and card["vocab_size"] == tok.vocab_size == 512
     assert card["special_ids"] == {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}

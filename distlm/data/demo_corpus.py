@@ -15,7 +15,7 @@ from distlm.data import atomic_files
 from distlm.data.manifest import TOKENIZER_CARD_NAME, TOKENIZER_NAME
 from distlm.data.pretokenize import PretokenizeOptions, pretokenize, print_summary
 from distlm.data.readers import InputFile, ReadOptions
-from distlm.data.tokenizer import TokenizerTrainOptions, train_tokenizer
+from distlm.data.tokenizer import TokenizerTrainOptions, find_card, train_tokenizer
 
 DEMO_MAX_BYTES = 30_000_000  # the whole 3.11 stdlib is ~29 MB of .py; ~8 M tokens at vocab 4096
 
@@ -61,7 +61,7 @@ def prepare_demo_dataset(
     ).hexdigest()
     card = out / TOKENIZER_CARD_NAME
     try:
-        current = json.loads(card.read_text()).get("demo_key")
+        current = json.loads((find_card(out / TOKENIZER_NAME) or card).read_text()).get("demo_key")
     except (OSError, ValueError):
         current = None
     if current != key or not (out / TOKENIZER_NAME).is_file():

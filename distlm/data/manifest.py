@@ -13,7 +13,7 @@ from distlm.data.errors import DataError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.model"  # copy of the tokenizer inside each dataset directory
-TOKENIZER_CARD_NAME = "tokenizer.json"
+TOKENIZER_CARD_NAME = "tokenizer_card.json"  # tokenizer.json before: Hugging Face's file name
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Parallel pre-tokenization of corpora into sharded Arrow datasets, resumable and deterministic.
 
-Layout written under `out_dir`: tokenizer.model + tokenizer.json (copies), and per split
+Layout written under `out_dir`: tokenizer.model + tokenizer_card.json (copies), and per split
 (`train/`, and `val/` when val_fraction > 0) shard-00000.arrow ... plus manifest.json, the train
 manifest last. Until then a journal (`.pretokenize-journal.json`) records, after every unit in
 which a train shard was completed, the shards written and where to restart: rerunning the same
@@ -42,7 +42,7 @@ from distlm.data.pretokenize_report import Progress, format_summary
 from distlm.data.readers import InputFile, ReadOptions, SourceStats
 from distlm.data.shards import MAX_SHARD_TOKENS, check_shard, token_dtype
 from distlm.data.split_writer import SplitWriter
-from distlm.data.tokenizer import Tokenizer, card_path
+from distlm.data.tokenizer import Tokenizer, find_card
 from distlm.data.work_units import WorkUnit, iter_units
 
 JOURNAL_NAME = ".pretokenize-journal.json"
@@ -247,8 +247,8 @@ def _finish(
     out = Path(opts.out_dir)
     if Path(opts.tokenizer).resolve() != (out / TOKENIZER_NAME).resolve():
         atomic_files.copy_file(opts.tokenizer, out / TOKENIZER_NAME)
-        if card_path(opts.tokenizer).is_file():
-            atomic_files.copy_file(card_path(opts.tokenizer), out / TOKENIZER_CARD_NAME)
+        if (card := find_card(opts.tokenizer)) is not None:
+            atomic_files.copy_file(card, out / TOKENIZER_CARD_NAME)
     tokenizer = {
         "path": f"../{TOKENIZER_NAME}",
         "sha256": tok.sha256,

@@ -72,7 +72,17 @@ class TokenizerTrainOptions:
 
 
 def card_path(model_path: str | os.PathLike) -> Path:
-    return Path(model_path).with_suffix(".json")
+    """tok/tokenizer.model -> tok/tokenizer_card.json (not tokenizer.json: Hugging Face's name)."""
+    path = Path(model_path)
+    return path.with_name(path.stem + "_card.json")
+
+
+def find_card(model_path: str | os.PathLike) -> Path | None:
+    """The card of `model_path` if there is one, under its name or the `.json` one used before."""
+    for path in (card_path(model_path), Path(model_path).with_suffix(".json")):
+        if path.is_file():
+            return path
+    return None
 
 
 def _sample_sentences(
@@ -152,7 +162,7 @@ def train_tokenizer(
     read: ReadOptions,
     opts: TokenizerTrainOptions,
 ) -> dict:
-    """Train, write `out_path` (.model) and its card (.json) atomically; return the card."""
+    """Train, write `out_path` (.model) and its card (card_path) atomically; return the card."""
     import sentencepiece as spm
 
     if opts.model_type not in MODEL_TYPES:
