@@ -4,8 +4,9 @@
 
 Builds a dataset from the stdlib's .py sources (vocab 4096), then times building this rank's
 batch (`_BatchMaker.make`: gather seq_len + 1 windows into int64, the work the prefetch thread
-does) without the guard (A) and with it (B), alternated by bench/paired.py. The ratio is
-throughput with / without (< 1: the guard costs). seq_len 2048, 32 samples per batch, as
+does) without the guard (A) and with it (B), alternated by bench/paired.py, in CPU time of the
+process (one thread: the figure a shared, loaded machine skews least). The ratio is throughput
+with / without (< 1: the guard costs). seq_len 2048, 32 samples per batch, as
 bench_data.py's loader figure.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from paired import paired, timed  # noqa: E402
+from paired import cpu_timed, paired  # noqa: E402
 
 import distlm.data.loader as loader_module  # noqa: E402
 from distlm.config import DataConfig  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
         def build(check) -> float:
             loader_module.check_batch = check
             try:
-                return timed(lambda: [maker.make(k) for k in range(args.batches)])
+                return cpu_timed(lambda: [maker.make(k) for k in range(args.batches)])
             finally:
                 loader_module.check_batch = guard
 
@@ -71,7 +72,7 @@ def main() -> None:
         )
     tokens = args.batches * BATCH * (SEQ_LEN + 1)
     a, b = (min(x) for x in (result.a, result.b))
-    print(f"{args.batches} batches of {BATCH} x {SEQ_LEN + 1} int64 tokens, best round:")
+    print(f"{args.batches} batches of {BATCH} x {SEQ_LEN + 1} int64 tokens, CPU time, best round:")
     print(f"  without guard {a / args.batches * 1e6:.0f} us/batch ({tokens / a / 1e6:.0f} M tok/s)")
     print(f"  with guard    {b / args.batches * 1e6:.0f} us/batch ({tokens / b / 1e6:.0f} M tok/s)")
     print(result.line("s"))
