@@ -20,6 +20,7 @@ from distlm.config_loader import load_config
 from distlm.data import DataError, build_train_loader
 from distlm.data.inspect_dataset import verify
 from distlm.data.manifest import read_manifest
+from distlm.data.mixture import MixtureSchedule
 from distlm.data.sampler import WindowSampler
 from distlm.data.shards import open_shard
 from distlm.train.trainer import train
@@ -180,3 +181,22 @@ def test_training_stops_with_the_data_error_not_an_index_error(dataset, tmp_path
         f"{token} of document {document}, read by sample {sample} "
     )
     assert "of global batch 1:" in str(e.value)
+
+
+def test_in_a_mixture_the_guard_names_the_dataset_that_holds_the_id(dataset, tiny_dataset):
+    sample = 5  # in global batch 0
+    datasets, local = MixtureSchedule([0.5, 0.5]).assign(np.array([sample]))
+    assert datasets[0] == 1  # the second (corrupt) dataset serves it
+    tokens = read_manifest(dataset / "train").total_tokens
+    sampler = WindowSampler((tokens - 1) // SEQ, 1234, stream_id=1)
+    window = int(sampler.windows(local)[0])
+    path, document, token = _corrupt(dataset, window * SEQ + 3, manifest="stale")
+    loader = _loader(f"{tiny_dataset}:0.5,{dataset}:0.5")
+    with pytest.raises(DataError) as e:
+        loader.next_batch()
+    loader.close()
+    assert str(e.value) == (
+        f"{path}: token id {BAD_ID} is not below vocab_size {VOCAB} (model.vocab_size) at token "
+        f"{token} of document {document}, read by sample {sample} (window {window}) of global "
+        f"batch 0: {WHAT_TO_DO}"
+    )
