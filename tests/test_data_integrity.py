@@ -108,7 +108,7 @@ def test_recorded_max_token_id_outside_the_vocab_stops_before_step_0(dataset):
         _loader(dataset)
     assert str(e.value) == (
         f"{dataset}/train/manifest.json: shard {path.name} has max_token_id {BAD_ID}, "
-        f"not below vocab_size {VOCAB}: {WHAT_TO_DO}"
+        f"outside the vocabulary of {VOCAB} ids: {WHAT_TO_DO}"
     )
 
 
@@ -116,7 +116,7 @@ def test_verify_checksums_scans_the_tokens_of_an_old_manifest(dataset):
     path, document, token = _corrupt(dataset, 12_345, manifest="old")
     _loader(dataset).close()  # no max_token_id, same size and a matching sha256: loads
     expected = (
-        f"{path}: token id {BAD_ID} is not below vocab_size {VOCAB} (model.vocab_size) at token "
+        f"{path}: token id {BAD_ID} is outside the vocabulary of {VOCAB} ids, at token "
         f"{token} of document {document}: {WHAT_TO_DO}"
     )
     with pytest.raises(DataError) as e:
@@ -135,7 +135,7 @@ def test_stale_manifest_corrupt_id_in_a_batch_names_shard_document_and_sample(da
     with pytest.raises(DataError, match=f"^{path}: sha256 does not match the manifest"):
         _loader(dataset, verify_checksums=True)
     expected = (
-        f"{path}: token id {BAD_ID} is not below vocab_size {VOCAB} (model.vocab_size) at token "
+        f"{path}: token id {BAD_ID} is outside the vocabulary of {VOCAB} ids, at token "
         f"{token} of document {document}, read by sample {sample} (window {window}) of global "
         f"batch 1: {WHAT_TO_DO}"
     )
@@ -177,7 +177,7 @@ def test_training_stops_with_the_data_error_not_an_index_error(dataset, tmp_path
     with pytest.raises(DataError) as e:
         train(cfg)
     assert str(e.value).startswith(
-        f"{path}: token id {BAD_ID} is not below vocab_size {VOCAB} (model.vocab_size) at token "
+        f"{path}: token id {BAD_ID} is outside the vocabulary of {VOCAB} ids, at token "
         f"{token} of document {document}, read by sample {sample} "
     )
     assert "of global batch 1:" in str(e.value)
@@ -196,7 +196,7 @@ def test_in_a_mixture_the_guard_names_the_dataset_that_holds_the_id(dataset, tin
         loader.next_batch()
     loader.close()
     assert str(e.value) == (
-        f"{path}: token id {BAD_ID} is not below vocab_size {VOCAB} (model.vocab_size) at token "
+        f"{path}: token id {BAD_ID} is outside the vocabulary of {VOCAB} ids, at token "
         f"{token} of document {document}, read by sample {sample} (window {window}) of global "
         f"batch 0: {WHAT_TO_DO}"
     )

@@ -38,7 +38,7 @@ def check_manifest(split_dir: Path, manifest: Manifest) -> None:
         if largest is not None and largest >= vocab:
             raise DataError(
                 f"{split_dir / MANIFEST_NAME}: shard {entry['file']} has max_token_id {largest}, "
-                f"not below vocab_size {vocab}: {_WHAT_TO_DO}"
+                f"outside the vocabulary of {vocab} ids: {_WHAT_TO_DO}"
             )
 
 
@@ -74,7 +74,7 @@ def _token_error(split: SplitData, path: Path, position: int, vocab: int, where:
     values, offsets = open_shard(path, split.manifest.np_dtype)
     document = int(np.searchsorted(offsets, position, side="right")) - 1
     return DataError(
-        f"{path}: token id {int(values[position])} is not below vocab_size {vocab} "
-        f"(model.vocab_size) at token {position - int(offsets[document])} of document "
+        f"{path}: token id {int(values[position])} is outside the vocabulary of "
+        f"{vocab} ids, at token {position - int(offsets[document])} of document "
         f"{document}{where}: {_WHAT_TO_DO}"
     )
