@@ -155,7 +155,12 @@ class CheckpointManager:
         self._check_compatible(path, state)
         _check_file_sizes(path)
         try:
-            strategy.load(path / STATE_DIR)
+            state_dir = path / STATE_DIR
+            if _FORMAT[self.cfg.parallel.strategy] == "dcp" != _FORMAT[state["strategy"]]:
+                from distlm.checkpoint.convert_zero import zero_to_dcp  # imports this module
+
+                state_dir = zero_to_dcp(state_dir)  # a ZeRO checkpoint as DCP, made once
+            strategy.load(state_dir)  # ZeRO strategies read DCP checkpoints themselves
         except CheckpointError:  # the strategy's own, already precise
             raise
         except (Exception, CheckpointException) as e:  # DCP's is a BaseException: name the dir
@@ -182,7 +187,8 @@ class CheckpointManager:
         ]
         if diff:
             raise CheckpointError(f"{path} was written by a different model: " + "; ".join(diff))
-        if _FORMAT.get(state.get("strategy")) != _FORMAT[self.cfg.parallel.strategy]:
+        saved, ours = _FORMAT.get(state.get("strategy")), _FORMAT[self.cfg.parallel.strategy]
+        if saved != ours and (saved is None or "dcp" not in (saved, ours)):  # ZeRO<->DCP maps
             raise CheckpointError(
                 f"{path} was written by parallel.strategy={state.get('strategy')}; this run uses "
                 f"{self.cfg.parallel.strategy}. Resume with the same strategy, or export weights "

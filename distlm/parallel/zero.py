@@ -111,26 +111,62 @@ class ZeroStrategy(Strategy):
         return norm
 
     def save(self, path: Path) -> None:
-        # no 'latest' file: the checkpoint manager keeps its own pointer one level up
-        self.engine.save_checkpoint(str(path), tag=TAG, save_latest=False)
+        # save_latest: DeepSpeed's `latest` file (naming the tag) in `path`, where its own tools
+        # look (`python state/zero_to_fp32.py state/ out/`); the checkpoint manager keeps its
+        # own `latest` one level up
+        self.engine.save_checkpoint(str(path), tag=TAG, save_latest=True)
 
     def load(self, path: Path) -> None:
+        """Load `path`: a ZeRO checkpoint of this world size directly; one of another world size
+        or a DCP (ddp / fsdp2) checkpoint through DeepSpeed's universal format (converted once,
+        next to `path`, see distlm/checkpoint/convert_zero.py)."""
         from distlm.checkpoint import CheckpointError
+        from distlm.checkpoint import convert_zero as convert
 
-        saved_world = len(list((path / TAG).glob("*_optim_states.pt")))
-        if saved_world != self.env.world_size:
-            raise CheckpointError(
-                f"{path / TAG} holds DeepSpeed ZeRO optimizer shards of {saved_world} rank(s); "
-                f"this run has {self.env.world_size}. ZeRO resumes at the same world size only: "
-                f"relaunch with {saved_world} processes, or export the weights with "
-                f"`python -m distlm consolidate {path.parent} model.safetensors`"
+        if convert.is_dcp(path):
+            names = {clean_fqn(n): n for n, _ in self.engine.module.named_parameters()}
+            groups = len(self.optimizer.param_groups)
+            load_path = self._load_universal(convert.dcp_to_universal(path, names, groups))
+        elif (saved := convert.saved_world_size(path)) != self.env.world_size:
+            if self.env.rank == 0:
+                print(
+                    f"{path / TAG} was saved by {saved} rank(s), this run has "
+                    f"{self.env.world_size}: resuming through DeepSpeed's universal checkpoint",
+                    flush=True,
+                )
+            load_path = self._load_universal(convert.zero_to_universal(path))
+        else:
+            load_path, _ = self.engine.load_checkpoint(
+                str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
             )
-        load_path, _ = self.engine.load_checkpoint(
-            str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
         if load_path is None:
             raise CheckpointError(f"{path}/{TAG}: DeepSpeed found no checkpoint to load")
         self._micro = 0
+
+    def _load_universal(self, universal: Path) -> str | None:
+        """`engine.load_checkpoint` of a universal checkpoint: weights, Adam moments and step are
+        re-partitioned for this world size."""
+        # `load_universal` is read only inside load_checkpoint (DeepSpeed 0.19), so it is switched
+        # on for this one load instead of in the config every run would carry
+        ds_config = self.engine._config
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        ds_config.load_universal_checkpoint = True
+        try:
+            load_path, _ = self.engine.load_checkpoint(
+                str(universal), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+        finally:
+            ds_config.load_universal_checkpoint = False
+        # ZeRO-3's universal loader copies param group 0's hyperparameters into every group
+        # (weight decay onto the norms); the run's own values, as its config sets them, go back
+        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
+            group.update(values)
+        # ...and gives every group the same `step` tensor, which AdamW increments in place once
+        # per group: one copy each, or Adam's bias correction runs ahead after the first step
+        for state in self.optimizer.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+        return load_path
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Full fp32 master weights (a collective: every rank calls; every rank gets them)."""
