@@ -14,6 +14,7 @@ COMMANDS = {
     "params": ("distlm.train.cli", "print the exact parameter count of a model preset"),
     "plan": ("distlm.plan.cli", "predict memory / speed before launch (--measure, --dry-run)"),
     "scale": ("distlm.plan.scale", "measure scaling efficiency across world sizes"),
+    "eval": ("distlm.eval.cli", "multiple-choice accuracy of a checkpoint on task .jsonl files"),
     "consolidate": (
         "distlm.checkpoint.consolidate",
         "write one safetensors file from a checkpoint",

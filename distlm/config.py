@@ -76,6 +76,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile each transformer block
     sample_tokens: int = 64  # tokens generated at the end of training (0 = no sample)
+    sample_prompt: str = ""  # text the end-of-run sample continues ("" = a new document)
+    sample_temperature: float = 0.8  # softmax temperature of the sample (lower: likelier tokens)
+    sample_top_k: int = 40  # the sample draws from the k most likely tokens
     max_nonfinite_steps: int = 3  # consecutive non-finite loss/grad steps before the run stops
     spike_factor: float = 0.0  # loss > factor * moving average is a spike; 0 = detector off
     spike_rollback: bool = (
@@ -126,6 +129,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    every_steps: int = 0  # multiple-choice eval interval in steps; 0 = only at the end
+    tasks: list[str] = field(default_factory=list)  # task .jsonl files (distlm/eval/tasks.py)
+    batch_size: int = 16  # (context, ending) pairs per forward, per rank
+    max_examples: int = 0  # first N examples of each task; 0 = all
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -134,6 +145,7 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ EXIT_USER_ERROR = 2
 def _user_errors() -> tuple[type[Exception], ...]:
     from distlm.checkpoint import CheckpointError
     from distlm.data import DataError
+    from distlm.eval.tasks import EvalError
     from distlm.train.numerics import TrainingError
 
-    return ConfigError, DataError, CheckpointError, TrainingError
+    return ConfigError, DataError, CheckpointError, TrainingError, EvalError
 
 
 def _rank() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from distlm.checkpoint import CheckpointManager
 from distlm.checkpoint.manager import TRAINER_STATE
 from distlm.config import Config, resolve
 from distlm.config_loader import save_config
-from distlm.data import build_train_loader, build_val_loader, load_tokenizer
+from distlm.data import build_train_loader
+from distlm.eval.in_loop import build_evaluator
 from distlm.export.hf_import import init_from_hf
 from distlm.model import build_model
 from distlm.parallel import Strategy, build_strategy, init_distributed, parallelize
@@ -34,7 +34,7 @@ from distlm.train.numerics import (
     SpikeDetector,
     TrainingError,
 )
-from distlm.train.sample import generate
+from distlm.train.sample import sample_text
 from distlm.train.schedule import lr_at
 
 
@@ -73,7 +73,7 @@ def train(cfg: Config) -> TrainResult:
         vocab_size=cfg.model.vocab_size,
     )
     loader = build_train_loader(cfg.data, **data_args)
-    val_loader = build_val_loader(cfg.data, num_batches=cfg.train.eval_batches, **data_args)
+    evaluator = build_evaluator(cfg, log, **data_args)  # val loss + bits per byte, eval.tasks
 
     # ---- model, parallelism, optimizer --------------------------------------------------------
     torch.manual_seed(cfg.train.seed)  # identical init on every rank
@@ -139,10 +139,8 @@ def train(cfg: Config) -> TrainResult:
 
             if _due(step, cfg.logging.log_every_steps, cfg.train.steps):
                 window.log(log, result, cfg, lr, grad_norm, env.device)
-            if val_loader is not None and _due(step, cfg.train.eval_every_steps, cfg.train.steps):
-                val = evaluate(model, val_loader, autocast, env.device)
+            if (val := evaluator.run(step, model, autocast)) is not None:  # when due
                 result.val_losses[step] = val
-                log.log(step, {"loss": val, "perplexity": math.exp(min(val, 50))}, prefix="val")
             if _due(step, cfg.checkpoint.every_steps, cfg.train.steps):
                 log.info(f"checkpoint {ckpt.save(strategy, step, {'loader': loader.state_dict()})}")
                 saved_step = step
@@ -262,29 +260,3 @@ def flush_losses(pending: list, device: torch.device) -> dict[int, float]:
         torch.distributed.all_reduce(stacked)
         stacked /= torch.distributed.get_world_size()
     return {s: v for (s, _), v in zip(pending, stacked.tolist(), strict=True)}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, val_loader, autocast, device: torch.device) -> float:
-    model.eval()
-    losses = []
-    for inputs, targets in val_loader:
-        with autocast():
-            losses.append(model(inputs, targets).float().item())
-    model.train()
-    return all_reduce_mean(sum(losses) / max(1, len(losses)), device)
-
-
-def sample_text(model: nn.Module, cfg: Config, device: torch.device) -> str:
-    tokenizer = load_tokenizer(cfg.data.path)
-    prompt = tokenizer.encode("def ")
-    out = generate(
-        model,
-        prompt,
-        cfg.train.sample_tokens,
-        cfg.train.seq_len,
-        cfg.model.vocab_size,
-        device,
-        seed=cfg.train.seed,
-    )
-    return tokenizer.decode(prompt + out)
