@@ -5,10 +5,11 @@ there is a name from another framework. So, in order, each step used only when t
 found nothing:
 1. the section misspelt (`trian.lr`): fix it, then match the leaf in that section;
 2. the same leaf up to case and separators (`train.seqLen`), or a known alias of it
-   (`learning_rate` -> `lr`, `block_size` -> `seq_len`), in the section given, else in another
-   (`train.vocab_size` -> `model.vocab_size`);
-3. spelling distance (difflib) of the leaf to the section's leaves (`train.lrr`), then keys sharing
-   the most words with it (`train.checkpoint_every` -> `checkpoint.every_steps`).
+   (`learning_rate` -> `lr`, `block_size` -> `seq_len`), in the section given: this alone;
+3. otherwise, in this order: the section's leaves holding all the leaf's words (`data.verify` ->
+   `data.verify_checksums`), the section's leaves close in spelling (`train.lrr`), the same leaf
+   or alias in another section (`train.vocab_size` -> `model.vocab_size`), then keys sharing at
+   least half their words with it (`train.checkpoint_every` -> `checkpoint.every_steps`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "intermediate_size": ("ffn_hidden",),
     "precision": ("dtype",),
     "mixed_precision": ("dtype",),
+    "bf16": ("dtype",),
+    "fp16": ("dtype",),
+    "zero_stage": ("strategy",),
+    "gradient_checkpointing": ("activation_checkpointing",),
     "eval_interval": ("eval_every_steps",),
     "log_interval": ("log_every_steps",),
     "save_steps": ("every_steps",),
@@ -77,12 +82,10 @@ def _dedupe(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))[:MAX_HINTS]
 
 
-def _leaf_matches(section: str, leaf: str, keys: list[str]) -> list[str]:
-    """Step 2: keys whose leaf is `leaf` (up to case and separators) or an alias of it, those in
-    `section` first."""
+def _leaf_matches(leaf: str, keys: list[str]) -> list[str]:
+    """Keys whose leaf is `leaf` up to case and separators, or an alias of it."""
     wanted = {_squash(leaf)} | {_squash(a) for a in ALIASES.get(leaf.lower(), ())}
-    hits = [k for k in keys if _squash(k.rpartition(".")[2]) in wanted]
-    return sorted(hits, key=lambda k: k.partition(".")[0] != section)
+    return [k for k in keys if _squash(k.rpartition(".")[2]) in wanted]
 
 
 def suggest_keys(key: str, keys: list[str]) -> list[str]:
@@ -95,15 +98,22 @@ def suggest_keys(key: str, keys: list[str]) -> list[str]:
             section, key = near[0], f"{near[0]}.{leaf}"
             if key in keys:
                 return [key]
-    if hits := _leaf_matches(section, leaf or section, keys):  # step 2
+    leaf = leaf or section  # a bare `lr=...`
+    mine = [k for k in keys if k.startswith(section + ".")]
+    if hits := _leaf_matches(leaf, mine):  # step 2, this section
         return _dedupe(hits)
-    leaves = [k.partition(".")[2] for k in keys if k.startswith(section + ".")]  # step 3
-    spelt = [f"{section}.{x}" for x in difflib.get_close_matches(leaf, leaves, n=MAX_HINTS)]
-    words = _words(leaf)
+    words = _words(leaf)  # step 3, this section: leaves holding all its words, then spelling
+    spelt = [f"{section}.{x}" for x in difflib.get_close_matches(leaf, _leaves(mine), n=3)]
+    holding = [k for k in mine if words <= _words(k.partition(".")[2])]
+    elsewhere = _leaf_matches(leaf, keys)  # step 2, other sections
 
     def overlap(k: str) -> float:  # another section's name counts as words of its keys
         theirs = _words(k.partition(".")[2] if k.startswith(section + ".") else k)
         return len(words & theirs) / len(words | theirs)
 
-    shared = sorted((k for k in keys if overlap(k) > 0), key=overlap, reverse=True)
-    return _dedupe(spelt + shared)
+    shared = sorted((k for k in keys if overlap(k) >= 0.5), key=overlap, reverse=True)
+    return _dedupe(holding + spelt + elsewhere + shared)
+
+
+def _leaves(keys: list[str]) -> list[str]:
+    return [k.partition(".")[2] for k in keys]

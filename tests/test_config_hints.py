@@ -21,6 +21,8 @@ from distlm.config_loader import load_config
         ("data.verify", "data.verify_checksums"),  # shared words
         ("train.checkpoint_every", "checkpoint.every_steps"),
         ("parallel.stratgy", "parallel.strategy"),
+        ("parallel.zero_stage", "parallel.strategy"),  # DeepSpeed's name
+        ("parallel.gradient_checkpointing", "parallel.activation_checkpointing"),
         ("train.batch_size", "train.global_batch_tokens or train.micro_batch_size"),
     ],
 )
