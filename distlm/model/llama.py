@@ -30,28 +30,73 @@ def ffn_hidden(cfg: ModelConfig) -> int:
 
 
 def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin, each (T, 1, hd) fp32: the layout `apply_rope` multiplies by directly.
-
-    Both halves of a head share one angle (GPT-NeoX / Hugging Face Llama layout); the sign of
-    `rotate_half` is folded into sin's first half, so RoPE is two multiplies and one roll.
-    """
+    """cos and sin, each (T, 1, hd/2) fp32: the layout RoPE multiplies the (B, T, heads, hd/2)
+    halves of q and k by, with no reshaping per call."""
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)  # (T, hd/2)
-    cos, sin = angles.cos(), angles.sin()
-    cos = torch.cat((cos, cos), dim=-1)  # (T, hd)
-    sin = torch.cat((-sin, sin), dim=-1)
-    return cos[:, None, :], sin[:, None, :]  # (T, 1, hd): broadcast over (B, T, heads, hd)
+    return angles.cos()[:, None, :], angles.sin()[:, None, :]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, heads, hd) -> rotated, same shape and dtype; (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
+    """x (B, T, heads, hd) -> rotated, in x's dtype. GPT-NeoX / Hugging Face Llama halves:
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). The plain form, which inductor fuses."""
+    cos, sin = cos[: x.size(1)].to(x.dtype), sin[: x.size(1)].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
-    Nothing of x is saved for backward (only the constant tables, which are buffers), and it
-    runs in x's dtype: q and k of all heads go through in one call.
+
+def _rope_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """`apply_rope` written into `out` half by half: four passes, no concatenation (in eager a
+    `cat` or `roll` over the last dim costs several times a multiply)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+
+
+class _RopeQKV(torch.autograd.Function):
+    """Fused qkv (B, T, H + 2Hkv, hd) -> q (B, H, T, hd), k and v (B, Hkv, T, hd) with q and k
+    rotated: strided views of one new tensor, which is all SDPA keeps (the qkv projection's
+    output is freed). Saves nothing else; backward rotates the gradients back (angle -> -angle)
+    into one gradient tensor, where autograd's slicing would build one zero-filled copy per view.
     """
-    t = x.size(1)
-    cos, sin = cos[:t].to(x.dtype), sin[:t].to(x.dtype)
-    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, n_heads: int, n_kv_heads: int):
+        t, qk = qkv.size(1), n_heads + n_kv_heads
+        cos, sin = cos[:t].to(qkv.dtype), sin[:t].to(qkv.dtype)
+        ctx.save_for_backward(cos, sin)
+        ctx.split = (n_heads, n_kv_heads)
+        out = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        _rope_into(out[:, :, :qk], qkv[:, :, :qk], cos, sin)
+        out[:, :, qk:] = qkv[:, :, qk:]  # v, unrotated
+        q, k, v = out.split([n_heads, n_kv_heads, n_kv_heads], dim=2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, gq, gk, gv):
+        cos, sin = ctx.saved_tensors
+        h, hkv = ctx.split
+        grad = gq.new_empty(gq.size(0), gq.size(2), h + 2 * hkv, gq.size(3))  # (B, T, ., hd)
+        _rope_into(grad[:, :, :h], gq.transpose(1, 2), cos, -sin)
+        _rope_into(grad[:, :, h : h + hkv], gk.transpose(1, 2), cos, -sin)
+        grad[:, :, h + hkv :] = gv.transpose(1, 2)
+        return grad, None, None, None, None
+
+
+def rope_qkv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv_heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qkv (B, T, H + 2Hkv, hd) -> RoPE'd q (B, H, T, hd), k (B, Hkv, T, hd), v (B, Hkv, T, hd)."""
+    if torch.compiler.is_compiling():  # inductor fuses the plain ops into one kernel
+        qk = apply_rope(qkv[:, :, : n_heads + n_kv_heads], cos, sin)
+        q, k = qk.split([n_heads, n_kv_heads], dim=2)
+        return (
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            qkv[:, :, n_heads + n_kv_heads :].transpose(1, 2),
+        )
+    return _RopeQKV.apply(qkv, cos, sin, n_heads, n_kv_heads)
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -98,7 +143,8 @@ class RMSNorm(nn.Module):
 class _SwiGLUFn(torch.autograd.Function):
     """silu(gate) * up from the fused (..., 2F) projection; saves only that input.
 
-    Autograd would also keep silu(gate) (F per token); backward recomputes it instead.
+    Autograd would also keep silu(gate) (F per token); backward recomputes it instead and writes
+    both halves of the gradient in place, with torch's fused `silu_backward` for the gate.
     """
 
     @staticmethod
@@ -111,10 +157,14 @@ class _SwiGLUFn(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (gate_up,) = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        d_gate = grad * up * sig * (1 + gate * (1 - sig))
-        return torch.cat((d_gate, grad * silu), dim=-1)
+        if torch.compiler.is_compiling():
+            d_gate = torch.ops.aten.silu_backward(grad * up, gate)
+            return torch.cat((d_gate, grad * F.silu(gate)), dim=-1)
+        out = torch.empty_like(gate_up)
+        d_gate, d_up = out.chunk(2, dim=-1)
+        torch.mul(grad, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return out
 
 
 class Attention(nn.Module):
@@ -132,16 +182,10 @@ class Attention(nn.Module):
         B, T, C = x.shape
         H, Hkv = self.n_heads, self.n_kv_heads
         qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim)  # heads: H q, Hkv k, Hkv v
-        qk = qkv[:, :, : H + Hkv]  # (B, T, H + Hkv, hd) view
-        if self.q_norm is not None:  # the norms save their input: rotate into a new tensor
-            qk = apply_rope(
-                torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), 2), cos, sin
-            )
-        else:  # rotate in place: q, k and v stay views of the one qkv tensor SDPA saves
-            qk.copy_(apply_rope(qk, cos, sin))
-        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd), strided: SDPA reads it as is
-        k = qk[:, :, H:].transpose(1, 2)  # (B, Hkv, T, hd)
-        v = qkv[:, :, H + Hkv :].transpose(1, 2)
+        if self.q_norm is not None:
+            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
+            qkv = torch.cat((self.q_norm(q), self.k_norm(k), v), dim=2)
+        q, k, v = rope_qkv(qkv, cos, sin, H, Hkv)  # (B, H|Hkv, T, hd), strided views
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=Hkv != H
         )  # (B, H, T, hd); the flash kernels lay it out (B, T, H, hd), so the reshape is a view

@@ -7,7 +7,6 @@ At world size 1 the model is not wrapped (nothing to reduce).
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distlm.parallel.base import Strategy, build_adamw, params_with_grad
 from distlm.parallel.dcp_state import load_dcp, save_dcp
+from distlm.parallel.step_guard import clip_, step_if_finite
 
 
 class DDPStrategy(Strategy):
@@ -42,12 +42,12 @@ class DDPStrategy(Strategy):
             return self.model.no_sync()
         return contextlib.nullcontext()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         assert self.optimizer is not None
-        clip = self.cfg.train.grad_clip or math.inf
-        norm = float(nn.utils.clip_grad_norm_(list(params_with_grad(self.inner)), clip))
-        if math.isfinite(norm):
-            self.optimizer.step()
+        params = list(params_with_grad(self.inner))
+        norm = nn.utils.get_total_norm([p.grad for p in params])  # a device tensor: no sync
+        clip_(params, self.cfg.train.grad_clip, norm)
+        step_if_finite(self.optimizer, norm)
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 

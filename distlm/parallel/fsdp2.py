@@ -9,7 +9,6 @@ all-gather / reduce-scatter per block), then the root takes the embedding, final
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch.distributed.tensor import DTensor
 
 from distlm.parallel.base import Strategy, build_adamw, params_with_grad, train_dtype
 from distlm.parallel.dcp_state import load_dcp, save_dcp
+from distlm.parallel.step_guard import clip_, step_if_finite
 
 
 class FSDP2Strategy(Strategy):
@@ -64,15 +64,12 @@ class FSDP2Strategy(Strategy):
     def no_sync(self) -> contextlib.AbstractContextManager:
         return self._no_sync()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         assert self.optimizer is not None and self.model is not None
         params = list(params_with_grad(self.model))
-        norm = global_grad_norm(params)
-        if math.isfinite(norm):
-            clip = self.cfg.train.grad_clip
-            if clip > 0:
-                nn.utils.clip_grads_with_norm_(params, clip, torch.tensor(norm))
-            self.optimizer.step()
+        norm = global_grad_norm(params)  # a device tensor: no sync
+        clip_(params, self.cfg.train.grad_clip, norm)
+        step_if_finite(self.optimizer, norm)
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
@@ -88,15 +85,15 @@ class FSDP2Strategy(Strategy):
         return get_model_state_dict(self.model, options=options)
 
 
-def global_grad_norm(params: list[nn.Parameter]) -> float:
+def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """L2 norm over all gradients of all ranks.
 
     Sharded grads are DTensors: their norm is a partial (per-shard) DTensor and `full_tensor()`
     all-reduces the squares, so every rank gets the norm of the whole unsharded gradient.
     """
     if not params:
-        return 0.0
+        return torch.zeros(())
     norm = nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
-    return float(norm)
+    return norm  # 0-dim, on the device

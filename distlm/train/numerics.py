@@ -21,6 +21,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 SPIKE_EMA_BETA = 0.9  # ~10-step memory: slow enough to ignore noise, fast enough to track decay
 SPIKE_WARMUP_STEPS = 5  # no verdict until the average has seen this many steps
 MAX_ROLLBACKS_PER_CHECKPOINT = 3  # a spike that survives this many skips is not the data's fault
@@ -31,10 +33,41 @@ class TrainingError(RuntimeError):
 
 
 class NonFiniteGuard:
-    """Counts consecutive skipped (non-finite) steps and stops the run after `max_in_row`."""
+    """Counts consecutive skipped (non-finite) steps and stops the run after `max_in_row`.
+
+    The strategies skip a non-finite update on the device (parallel/step_guard.py); the guard
+    only counts and reports, so it reads the norms on the host in batches: `add()` keeps each
+    step's norm tensor, `flush()` (at log and checkpoint steps) reads all of them in one
+    transfer, reports each skipped step and raises at the limit. A run that hits the limit
+    stops at the next flush, before any later checkpoint is written.
+    """
 
     def __init__(self, max_in_row: int):
         self.max_in_row, self.in_row = max_in_row, 0
+        self.pending: list[tuple[int, torch.Tensor | float]] = []
+
+    def add(self, step: int, grad_norm: torch.Tensor | float) -> None:
+        self.pending.append((step, grad_norm))
+
+    def flush(
+        self,
+        last_checkpoint: Callable[[], Path | None],
+        on_skip: Callable[[int, float, int], None],
+    ) -> None:
+        """Read the pending norms (one host transfer); call `on_skip(step, norm, in_row)` for
+        each skipped step in order; raise TrainingError at the limit."""
+        if not self.pending:
+            return
+        first = self.pending[0][1]
+        device = first.device if isinstance(first, torch.Tensor) else None
+        norms = torch.stack(
+            [torch.as_tensor(n, dtype=torch.float32, device=device) for _, n in self.pending]
+        ).tolist()
+        pending, self.pending = self.pending, []
+        for (step, _), norm in zip(pending, norms, strict=True):
+            if not math.isfinite(norm):
+                on_skip(step, norm, self.in_row + 1)  # reported before a raise at the limit
+            self.skipped(step, norm, last_checkpoint)
 
     def skipped(
         self, step: int, grad_norm: float, last_checkpoint: Callable[[], Path | None]

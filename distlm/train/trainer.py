@@ -106,6 +106,7 @@ def train(cfg: Config) -> TrainResult:
     )
     window = LogWindow()
     nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    report_skip = _skip_reporter(result, log)
     spikes = SpikeDetector(cfg.train.spike_factor)
     saved_step = step
     with PreemptionWatch() as preemption:
@@ -115,15 +116,10 @@ def train(cfg: Config) -> TrainResult:
             batch = loader.next_batch()  # test fault injection is keyed by the batch's number:
             factor = injected_loss_factor(loader.batches_consumed)  # 1.0 unless injecting
             loss = train_step(model, strategy, batch, autocast, factor)
-            grad_norm = strategy.step()
+            grad_norm = strategy.step()  # a device tensor: no host sync in the step
             step += 1
             window.add(step, loss)
-            if nonfinite.skipped(step, grad_norm, ckpt.latest):  # raises after N in a row
-                result.skipped_steps.append(step)
-                log.info(
-                    f"step {step}: non-finite grad norm {grad_norm}, update skipped "
-                    f"({nonfinite.in_row} in a row)"
-                )
+            nonfinite.add(step, grad_norm)  # read on the host at log / checkpoint steps
             if spikes.enabled and spikes.is_spike(all_reduce_mean(loss.item(), env.device)):
                 log.info(
                     f"step {step}: loss spike > {spikes.threshold():.4f} (train.spike_factor "
@@ -137,6 +133,10 @@ def train(cfg: Config) -> TrainResult:
                     step = back
                     continue
 
+            if _due(step, cfg.logging.log_every_steps, cfg.train.steps) or _due(
+                step, cfg.checkpoint.every_steps, cfg.train.steps
+            ):  # raises after train.max_nonfinite_steps in a row
+                nonfinite.flush(ckpt.latest, report_skip)
             if _due(step, cfg.logging.log_every_steps, cfg.train.steps):
                 window.log(log, result, cfg, lr, grad_norm, env.device)
             if (val := evaluator.run(step, model, autocast)) is not None:  # when due
@@ -146,6 +146,7 @@ def train(cfg: Config) -> TrainResult:
                 saved_step = step
             debug_pause("step", step)
             if step < cfg.train.steps and preemption.agreed():  # every rank stops after this step
+                nonfinite.flush(ckpt.latest, report_skip)
                 if saved_step != step:
                     saved = ckpt.save(strategy, step, {"loader": loader.state_dict()})
                     log.info(f"checkpoint {saved}")
@@ -163,6 +164,16 @@ def train(cfg: Config) -> TrainResult:
     loader.close()
     log.close()
     return result
+
+
+def _skip_reporter(result: TrainResult, log: MetricsLogger):
+    def report(step: int, grad_norm: float, in_row: int) -> None:
+        result.skipped_steps.append(step)
+        log.info(
+            f"step {step}: non-finite grad norm {grad_norm}, update skipped ({in_row} in a row)"
+        )
+
+    return report
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -186,7 +197,7 @@ class LogWindow:
         result: TrainResult,
         cfg: Config,
         lr: float,
-        grad_norm: float,
+        grad_norm: torch.Tensor | float,
         device: torch.device,
     ) -> None:
         elapsed, n = time.perf_counter() - self.start, len(self.pending)
@@ -199,7 +210,7 @@ class LogWindow:
             {
                 "loss": losses[step],
                 "lr": lr,
-                "grad_norm": grad_norm,
+                "grad_norm": float(grad_norm),  # the one host read of it, at log steps
                 "tokens_per_s": tokens_per_s,
                 "step_time_s": elapsed / n,
                 "mfu": log.mfu(tokens_per_s),
