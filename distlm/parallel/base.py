@@ -19,6 +19,7 @@ from torch import nn
 
 from distlm.config import Config, Derived
 from distlm.parallel.env import DistEnv
+from distlm.parallel.optimizer import adamw_param_groups, build_optimizer, set_lr
 
 
 class Strategy(ABC):
@@ -56,8 +57,7 @@ class Strategy(ABC):
 
     def set_lr(self, lr: float) -> None:
         assert self.optimizer is not None
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
 
     @abstractmethod
     def save(self, path: Path) -> None:
@@ -92,28 +92,8 @@ def clean_fqn(name: str) -> str:
     return name
 
 
-def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices; not norms, biases or the embedding (nanoGPT / Llama practice)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_adamw(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    t = cfg.train
-    return torch.optim.AdamW(
-        adamw_param_groups(model, t.weight_decay),
-        lr=t.lr,
-        betas=(t.beta1, t.beta2),
-        eps=t.eps,
-        fused=device.type == "cuda",
-    )
+__all__ = ["adamw_param_groups", "build_optimizer"]  # built in distlm/parallel/optimizer.py
+build_adamw = build_optimizer  # the former name (train.optimizer decides what it builds)
 
 
 def train_dtype(cfg: Config, device: torch.device) -> torch.dtype:

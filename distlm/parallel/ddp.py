@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distlm.parallel.base import Strategy, build_adamw, params_with_grad
+from distlm.parallel.base import Strategy, build_optimizer, params_with_grad
 from distlm.parallel.dcp_state import load_dcp, save_dcp
 from distlm.parallel.step_guard import clip_, step_if_finite
 
@@ -34,7 +34,7 @@ class DDPStrategy(Strategy):
         return model
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        self.optimizer = build_adamw(self.inner, self.cfg, self.env.device)
+        self.optimizer = build_optimizer(self.inner, self.cfg, self.env.device)
         return self.optimizer
 
     def no_sync(self) -> contextlib.AbstractContextManager:

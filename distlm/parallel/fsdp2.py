@@ -19,10 +19,10 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from distlm.parallel.base import Strategy, build_adamw, params_with_grad, train_dtype
+from distlm.parallel.base import Strategy, build_optimizer, params_with_grad, train_dtype
 from distlm.parallel.dcp_state import load_dcp, save_dcp
 from distlm.parallel.step_guard import clip_, step_if_finite
 
@@ -37,6 +37,10 @@ class FSDP2Strategy(Strategy):
         if train_dtype(self.cfg, self.env.device) == torch.bfloat16:
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kwargs = {"mesh": mesh, "mp_policy": mp} if mp else {"mesh": mesh}
+        if self.cfg.parallel.offload != "none":
+            # FSDP2 has one policy: sharded params, grads and the AdamW step live on the CPU
+            # (`optimizer` and `all` alike); pinning needs CUDA (it fails on a CPU-only host)
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
         reshard = self.cfg.parallel.fsdp_reshard_after_forward
         for block in model.layers.values():
             fully_shard(block, reshard_after_forward=reshard, **kwargs)
@@ -48,7 +52,7 @@ class FSDP2Strategy(Strategy):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         assert self.model is not None
-        self.optimizer = build_adamw(self.model, self.cfg, self.env.device)
+        self.optimizer = build_optimizer(self.model, self.cfg, self.env.device)
         return self.optimizer
 
     @contextlib.contextmanager
