@@ -128,6 +128,8 @@ class CheckpointConfig:
     resume: str = "auto"  # auto (latest if any) | never | a checkpoint directory
 
 
+    verify: bool = True  # check every file's checksum (files.json) before loading it
+    async_save: bool = False  # ddp / fsdp2: write in the background; the loop stalls only to copy
 @dataclass
 class EvalConfig:
     every_steps: int = 0  # multiple-choice eval interval in steps; 0 = only at the end

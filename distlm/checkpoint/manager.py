@@ -6,14 +6,16 @@
             trainer_state.json  step, loader position, strategy, world size, model config
             rng-rank00000.pt    each rank's RNG states
             config.yaml         the resolved config of the run that wrote it
-            files.json          size in bytes of every file above (truncation check on load)
+            files.json          size and checksum of every file above (checked on load)
         latest                  text: the name of the newest complete checkpoint
 
-Every rank writes into `step-N.tmp/`; after a barrier rank 0 lists the sizes, fsyncs, renames it
-to `step-N/` and only then moves `latest` (itself written under a temporary name and renamed). A
-crash at any point leaves the previous checkpoint as `latest`; leftover `*.tmp` directories are
-never read and are deleted when the next run starts. Loading checks every file's size against
-`files.json` before anything is read, so a truncated file is named, not half-loaded.
+Every rank writes into `step-N.tmp/`; after a barrier every rank hashes its share of the files,
+rank 0 writes `files.json`, fsyncs, renames it to `step-N/` and only then moves `latest` (itself
+written under a temporary name and renamed). A crash at any point leaves the previous checkpoint
+as `latest`; leftover `*.tmp` directories are never read and are deleted when the next run
+starts. Loading checks every file's size and (`checkpoint.verify=true`, the default) checksum
+against `files.json` before anything is read (see `integrity.py`), so a truncated or corrupted
+file is named, not half-loaded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from distlm.checkpoint.integrity import (
+    FILES,
+    first_checksum_mismatch,
+    first_size_mismatch,
+    read_listing,
+    record_files,
+)
 from distlm.config import Config
 from distlm.config_loader import to_yaml
 from distlm.parallel.base import Strategy
@@ -38,7 +47,6 @@ STATE_DIR = "state"
 # checkpoints of strategies in one family load into each other (DCP reshards on load)
 _FORMAT = {"ddp": "dcp", "fsdp2": "dcp", "zero1": "zero1", "zero2": "zero2", "zero3": "zero3"}
 TRAINER_STATE = "trainer_state.json"
-FILES = "files.json"
 
 
 class CheckpointError(RuntimeError):
@@ -103,8 +111,8 @@ class CheckpointManager:
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
         debug_pause("checkpoint", step)
         _barrier()
+        record_files(tmp)  # every rank hashes its share; rank 0 writes files.json
         if self.rank == 0:
-            _write_file_sizes(tmp)
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step replaces it
             os.replace(tmp, final)
@@ -153,7 +161,7 @@ class CheckpointManager:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path / TRAINER_STATE}: unreadable ({e})") from e
         self._check_compatible(path, state)
-        _check_file_sizes(path)
+        self._verify_files(path)
         try:
             state_dir = path / STATE_DIR
             if _FORMAT[self.cfg.parallel.strategy] == "dcp" != _FORMAT[state["strategy"]]:
@@ -166,8 +174,7 @@ class CheckpointManager:
         except (Exception, CheckpointException) as e:  # DCP's is a BaseException: name the dir
             raise CheckpointError(
                 f"{path / STATE_DIR}: cannot load model/optimizer state "
-                f"({type(e).__name__}: {str(e)[:500]}); resume from an earlier checkpoint "
-                f"(checkpoint.resume=<dir>) or start over (checkpoint.resume=never)"
+                f"({_failure_text(e)}); {_alternatives(path)}"
             ) from e
         rng = path / f"rng-rank{self.rank:05d}.pt"
         if rng.exists():  # absent when resuming at a larger world size
@@ -176,6 +183,23 @@ class CheckpointManager:
             except Exception as e:
                 raise CheckpointError(f"{rng}: unreadable RNG state ({e})") from e
         return state
+
+    def _verify_files(self, ckpt: Path) -> None:
+        """Sizes, then (checkpoint.verify) checksums of every file against files.json, before
+        anything is read; every rank raises the same error (the checksums are a collective)."""
+        try:
+            files = read_listing(ckpt)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{ckpt / FILES}: unreadable ({e}); {_alternatives(ckpt)}") from e
+        if files is None:  # written before files.json existed
+            return
+        problem = first_size_mismatch(ckpt, files)
+        if problem is None and self.cfg.checkpoint.verify:
+            problem = first_checksum_mismatch(ckpt, files)
+            if problem:
+                problem += " (checkpoint.verify=false would load it anyway)"
+        if problem:
+            raise CheckpointError(f"{problem}; this checkpoint is damaged: {_alternatives(ckpt)}")
 
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state.get("model_config", {})
@@ -196,32 +220,30 @@ class CheckpointManager:
             )
 
 
-def _write_file_sizes(ckpt: Path) -> None:
-    sizes = {
-        str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file()
-    }
-    (ckpt / FILES).write_text(json.dumps(sizes, indent=1))
+def _failure_text(e: BaseException) -> str:
+    """The whole error, one `rank r: Type: message` per failed rank for DCP's wrapper (whose own
+    text is every rank's traceback)."""
+    failures = getattr(e, "failures", None)
+    if isinstance(e, CheckpointException) and failures:
+        return "; ".join(
+            f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in failures.items()
+        )
+    return f"{type(e).__name__}: {e}"
 
 
-def _check_file_sizes(ckpt: Path) -> None:
-    """Every file listed in files.json exists with its recorded size (absent in old checkpoints)."""
-    listing = ckpt / FILES
-    if not listing.exists():
-        return
-    try:
-        sizes = json.loads(listing.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{listing}: unreadable ({e})") from e
-    for rel, size in sizes.items():
-        f = ckpt / rel
-        actual = f.stat().st_size if f.exists() else None
-        if actual != size:
-            what = "missing" if actual is None else f"{actual} bytes, expected {size} (truncated?)"
-            raise CheckpointError(
-                f"{f}: {what}; this checkpoint is damaged. Resume from an earlier one "
-                f"(checkpoint.resume={ckpt.parent}/step-...) or start over "
-                f"(checkpoint.resume=never)"
-            )
+def _alternatives(ckpt: Path) -> str:
+    """What to resume from instead of a damaged `ckpt`: the newest complete one before it."""
+    earlier = sorted(
+        p
+        for p in ckpt.parent.glob("step-*")
+        if not p.name.endswith(".tmp") and p.name < ckpt.name and (p / TRAINER_STATE).exists()
+    )
+    if earlier:
+        return (
+            f"resume from the previous checkpoint (checkpoint.resume={earlier[-1]}) or start "
+            f"over (checkpoint.resume=never)"
+        )
+    return f"no earlier checkpoint in {ckpt.parent}: start over (checkpoint.resume=never)"
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -1,8 +1,16 @@
-"""What a run reports: console lines, tensorboard scalars and metrics.jsonl (rank 0 only)."""
+"""What a run reports: console lines, tensorboard scalars and metrics.jsonl (rank 0 only).
+
+One row per step, from the run that produced the final model: a resumed run first calls
+`rewind(step)`, which drops the rows of steps after the checkpoint it resumed from (they were
+trained by the killed run, whose later updates were lost) by rewriting metrics.jsonl under a
+temporary name and renaming it, and opens tensorboard with `purge_step` so that tensorboard
+discards the killed run's events from that step on.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -36,16 +44,39 @@ class MetricsLogger:
         self.enabled = enabled
         self.cfg, self.world_size = cfg, world_size
         self.flops_per_token = flops_per_token(cfg)
+        self.run_dir = run_dir
         self.writer = None
         self.jsonl = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
-            if cfg.logging.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self._open_tensorboard()
         self._t0 = time.perf_counter()
+
+    def _open_tensorboard(self, purge_step: int | None = None) -> None:
+        if self.cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+
+    def rewind(self, step: int) -> None:
+        """Forget every metric of steps > `step` (a run resuming from a checkpoint of `step`, or
+        starting at 0): metrics.jsonl is rewritten atomically, tensorboard purges them."""
+        if not self.enabled:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        self.jsonl.close()
+        kept = [line for line in path.read_text().splitlines(True) if _step(line) <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.jsonl = open(path, "a", buffering=1)  # noqa: SIM115
+        if self.writer:
+            self.writer.close()
+            self._open_tensorboard(purge_step=step + 1)
 
     def mfu(self, tokens_per_s: float) -> float:
         peak = self.cfg.hardware.peak_bf16_tflops * 1e12 * self.world_size
@@ -61,6 +92,7 @@ class MetricsLogger:
         if self.writer:
             for k, v in scalars.items():
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
+            self.writer.flush()  # on disk at each log line, as metrics.jsonl: a crash loses none
         print(
             f"{prefix} step {step:>6} | " + " | ".join(_fmt(k, v) for k, v in scalars.items()),
             flush=True,
@@ -75,6 +107,15 @@ class MetricsLogger:
             self.writer.close()
         if self.jsonl:
             self.jsonl.close()
+
+
+def _step(line: str) -> int:
+    """The step of a metrics.jsonl row; a torn last line (a crash mid-write) counts as the last
+    step of all, so a rewind drops it."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
 
 
 def _fmt(key: str, value: float) -> str:

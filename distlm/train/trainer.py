@@ -96,6 +96,7 @@ def train(cfg: Config) -> TrainResult:
         step = state["step"]
         loader.load_state_dict(state["loader"])
         log.info(f"resumed from {path} at step {step}")
+    log.rewind(step)  # metrics of steps after it came from a run whose updates were lost
 
     # ---- loop ----------------------------------------------------------------------------------
     result = TrainResult(run_dir, step)
