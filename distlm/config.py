@@ -98,6 +98,8 @@ class ParallelConfig:
     zero_overlap_comm: bool = True  # DeepSpeed: overlap gradient reduction with backward
     timeout_minutes: int = 10  # collective timeout before a hung job is torn down
     offload: str = "none"  # none | optimizer | all: CPU offload of optimizer (+ params) state
+    grad_comm_dtype: str = "fp32"  # dtype of gradients on the wire (all-reduce/reduce-scatter)
+    fsdp_prefetch_layers: int = 1  # FSDP2: blocks all-gathered ahead (1 = torch's implicit)
 
 
 @dataclass
@@ -126,10 +128,10 @@ class CheckpointConfig:
     every_steps: int = 100  # checkpoint interval; 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk (older ones are deleted)
     resume: str = "auto"  # auto (latest if any) | never | a checkpoint directory
-
-
     verify: bool = True  # check every file's checksum (files.json) before loading it
     async_save: bool = False  # ddp / fsdp2: write in the background; the loop stalls only to copy
+
+
 @dataclass
 class EvalConfig:
     every_steps: int = 0  # multiple-choice eval interval in steps; 0 = only at the end
@@ -197,6 +199,7 @@ def validate(cfg: Config) -> None:
         ("train.schedule", t.schedule, SCHEDULES),
         ("train.dtype", t.dtype, DTYPES),
         ("train.device", t.device, ("auto", "cpu", "cuda")),
+        ("parallel.grad_comm_dtype", p.grad_comm_dtype, ("fp32", "bf16")),
     ):
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
@@ -210,6 +213,7 @@ def validate(cfg: Config) -> None:
         ("train.steps", t.steps),
         ("train.lr", t.lr),
         ("model.n_layers", m.n_layers),
+        ("parallel.fsdp_prefetch_layers", p.fsdp_prefetch_layers),
     ):
         if value <= 0:
             raise ConfigError(f"{key}={value} must be > 0")

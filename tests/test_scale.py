@@ -6,19 +6,23 @@ import pytest
 
 from distlm.plan.scale import main
 
+TINY = [  # a 2-layer model whose step takes ~0.02 s on one core
+    "model=tiny",
+    "hardware=cpu",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.vocab_size=512",
+    "train.seq_len=32",
+    "train.global_batch_tokens=128",
+]
+
 
 @pytest.mark.slow
 def test_two_process_cpu_scale_report(tmp_path):
     out = tmp_path / "scale"
     args = [
         "scale",
-        "model=tiny",
-        "hardware=cpu",
-        "model.d_model=64",
-        "model.n_layers=2",
-        "model.vocab_size=512",
-        "train.seq_len=32",
-        "train.global_batch_tokens=128",
+        *TINY,
         "--world-sizes",
         "1,2",
         "--steps",
@@ -36,6 +40,9 @@ def test_two_process_cpu_scale_report(tmp_path):
     assert rows[0]["efficiency"] == 1.0 and 0 < rows[1]["efficiency"] < 4
     assert rows[1]["tokens_per_step"] == 2 * rows[0]["tokens_per_step"]  # weak scaling
     assert 0 < rows[1]["predicted_efficiency"] <= 1 and rows[1]["peak_mem_bytes"] > 0
+    # the bytes DDP handed to gloo in a profiled step are the model's, exactly
+    assert rows[1]["collective_bytes_counted"] == pytest.approx(rows[1]["collective_bytes_model"])
+    assert rows[1]["bus_gbps"] > 0 and rows[1]["explained_by"]
     assert (out / "scale.png").stat().st_size > 1000
     assert "| world size |" in (out / "scale.md").read_text()
     assert list((out / "tensorboard").iterdir())

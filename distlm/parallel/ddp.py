@@ -7,6 +7,7 @@ At world size 1 the model is not wrapped (nothing to reduce).
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -14,7 +15,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distlm.parallel.base import Strategy, build_optimizer, params_with_grad
-from distlm.parallel.dcp_state import load_dcp, save_dcp
+from distlm.parallel.dcp_state import async_save_dcp, load_dcp, save_dcp
+from distlm.parallel.grad_comm import apply_ddp_grad_comm
 from distlm.parallel.step_guard import clip_, step_if_finite
 
 
@@ -30,6 +32,7 @@ class DDPStrategy(Strategy):
                 bucket_cap_mb=self.cfg.parallel.ddp_bucket_cap_mb,
                 gradient_as_bucket_view=True,
             )
+            apply_ddp_grad_comm(model, self.cfg)  # parallel.grad_comm_dtype=bf16: compress hook
         self.model = model
         return model
 
@@ -53,6 +56,9 @@ class DDPStrategy(Strategy):
 
     def save(self, path: Path) -> None:
         save_dcp(self.inner, self.optimizer, path)
+
+    def save_async(self, path: Path) -> Future:
+        return async_save_dcp(self.inner, self.optimizer, path)
 
     def load(self, path: Path) -> None:
         load_dcp(self.inner, self.optimizer, path)

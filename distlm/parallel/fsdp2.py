@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -19,11 +20,12 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from distlm.parallel.base import Strategy, build_optimizer, params_with_grad, train_dtype
-from distlm.parallel.dcp_state import load_dcp, save_dcp
+from distlm.parallel.dcp_state import async_save_dcp, load_dcp, save_dcp
+from distlm.parallel.grad_comm import fsdp_mp_policy
 from distlm.parallel.step_guard import clip_, step_if_finite
 
 
@@ -32,10 +34,9 @@ class FSDP2Strategy(Strategy):
 
     def setup(self, model: nn.Module) -> nn.Module:
         mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
-        # bf16 compute and all-gathers, fp32 gradient reduction and fp32 master weights
-        mp = None
-        if train_dtype(self.cfg, self.env.device) == torch.bfloat16:
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # compute and all-gathers in train.dtype, gradients reduced in parallel.grad_comm_dtype,
+        # fp32 master weights
+        mp = fsdp_mp_policy(self.cfg, train_dtype(self.cfg, self.env.device))
         kwargs = {"mesh": mesh, "mp_policy": mp} if mp else {"mesh": mesh}
         if self.cfg.parallel.offload != "none":
             # FSDP2 has one policy: sharded params, grads and the AdamW step live on the CPU
@@ -47,6 +48,7 @@ class FSDP2Strategy(Strategy):
         # the root's params (embedding/head, final norm) are needed right after forward by
         # backward anyway: keeping them gathered saves one all-gather (torchtitan does the same)
         fully_shard(model, reshard_after_forward=False, **kwargs)
+        apply_fsdp_prefetch(model, self.cfg.parallel.fsdp_prefetch_layers)
         self.model = model
         return model
 
@@ -80,6 +82,9 @@ class FSDP2Strategy(Strategy):
     def save(self, path: Path) -> None:
         save_dcp(self.model, self.optimizer, path)
 
+    def save_async(self, path: Path) -> Future:
+        return async_save_dcp(self.model, self.optimizer, path)
+
     def load(self, path: Path) -> None:
         load_dcp(self.model, self.optimizer, path)
 
@@ -87,6 +92,20 @@ class FSDP2Strategy(Strategy):
         """Unsharded fp32 weights (a collective: every rank calls; rank 0's result is complete)."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options)
+
+
+def apply_fsdp_prefetch(model: nn.Module, layers: int) -> None:
+    """All-gather the next `layers` blocks ahead (forward) and the previous ones (backward).
+
+    1 keeps FSDP2's implicit one-block prefetch. More hides the all-gather latency of small blocks
+    on slow links at the cost of `layers` gathered blocks held at once.
+    """
+    if layers <= 1:
+        return
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        block.set_modules_to_forward_prefetch(blocks[i + 1 : i + 1 + layers])
+        block.set_modules_to_backward_prefetch(blocks[max(0, i - layers) : i][::-1])
 
 
 def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:

@@ -51,6 +51,7 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
         "train_batch_size": derived.global_batch_size,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": zero,
+        "communication_data_type": p.grad_comm_dtype,  # stated: DeepSpeed's default follows bf16
         "zero_allow_untested_optimizer": True,  # the client torch AdamW
         "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,

@@ -4,10 +4,16 @@
         OUT.json STEPS WARMUP model=tiny ...
 
 Weak scaling: every rank keeps the same local batch (global batch = N x the 1-rank batch), so
-perfect scaling is N times the tokens/s. Each measured step is timed whole, then its micro-batches
-are replayed under `no_sync()` (no gradient communication) to time compute alone; the exposed
-communication wait is the difference, less the optimizer step. Random tokens: the data pipeline is
-not what is measured. Rank 0 writes the JSON.
+perfect scaling is N times the tokens/s. Per measured step:
+- data: the time to get the step's batches (the real loader when `data.path=` is given on the
+  command line, else random tokens, whose cost is ~0);
+- the step itself (forward + backward of every micro-batch, gradient communication, optimizer);
+- its micro-batches replayed under `no_sync()` (no gradient communication): compute alone;
+the exposed communication wait is step - compute - optimizer, each figure the slowest rank's
+(a straggler's extra compute is what the others wait for: compute, not communication). Before
+the steps, an all-reduce sweep (message sizes up to the gradient, in parallel.grad_comm_dtype)
+measures this group's latency and bus bandwidth; after them, one profiled step counts the bytes
+handed to collectives (`distlm.plan.wire_bytes`). Rank 0 writes the JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from distlm.config import resolve
 from distlm.config_loader import load_config
 from distlm.model.llama import build_model, count_params
 from distlm.plan.measure import LiveTensorBytes
+from distlm.plan.wire_bytes import WireBytes
+
+SWEEP_MIN_ELEMENTS = 1 << 12
 
 
 def _timed(fn) -> float:
@@ -41,44 +50,91 @@ def _micro_steps(model, strategy, batches, sync_last: bool) -> None:
             strategy.backward(model(x, y) / len(batches))
 
 
-def allreduce_bus_gbps(numel: int, world: int, reps: int = 3) -> float:
-    """Measured ring bus bandwidth of this process group for a gradient-sized fp32 all-reduce."""
-    buf = torch.zeros(numel)
-    dist.all_reduce(buf)  # warm-up (connection set-up)
-    secs = min(_timed(lambda: dist.all_reduce(buf)) for _ in range(reps))
-    return numel * 4 / secs * 2 * (world - 1) / world / 1e9  # nccl-tests busbw convention
+def allreduce_sweep(max_numel: int, dtype: torch.dtype, reps: int = 3) -> list[list[float]]:
+    """[[message bytes, fastest of `reps` all-reduce seconds], ...] for sizes x4 up to max_numel.
+
+    The fastest repetition is the link's cost; slower ones are other processes' interference.
+    """
+    sizes, n = [], SWEEP_MIN_ELEMENTS
+    while n < max_numel:
+        sizes.append(n)
+        n *= 4
+    sizes.append(max_numel)
+    points = []
+    for numel in sizes:
+        buf = torch.zeros(numel, dtype=dtype)
+        dist.all_reduce(buf)  # warm-up (connection and buffer set-up)
+        secs = [_timed(lambda b=buf: dist.all_reduce(b)) for _ in range(reps)]
+        # every rank must agree on the figure: take the slowest rank's best
+        t = torch.tensor([min(secs)], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        points.append([numel * buf.element_size(), float(t)])
+    return points
+
+
+def _batch_source(cfg, derived, env, use_loader: bool):
+    """A function returning one step's micro-batches: the real loader, or random tokens."""
+    if use_loader:
+        from distlm.data import build_train_loader
+
+        loader = build_train_loader(
+            cfg.data,
+            seq_len=cfg.train.seq_len,
+            global_batch_size=derived.global_batch_size,
+            micro_batch_size=derived.micro_batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            device=env.device,
+            vocab_size=cfg.model.vocab_size,
+        )
+        return lambda: list(loader.next_batch()), "loader"
+    gen = torch.Generator().manual_seed(env.rank)
+    shape = (derived.micro_batch_size, cfg.train.seq_len)
+
+    def random_batches():
+        return [
+            tuple(
+                torch.randint(0, cfg.model.vocab_size, shape, generator=gen).to(env.device)
+                for _ in range(2)
+            )
+            for _ in range(derived.grad_accum_steps)
+        ]
+
+    return random_batches, "random tokens"
 
 
 def run(out: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
     from distlm.parallel import build_strategy, init_distributed, parallelize
+    from distlm.parallel.grad_comm import grad_comm_dtype
 
     env = init_distributed("cpu" if "train.device=cpu" in overrides else "auto")
     base = load_config(overrides)
     per_rank_tokens = base.train.global_batch_tokens
     cfg = load_config([*overrides, f"train.global_batch_tokens={per_rank_tokens * env.world_size}"])
     derived = resolve(cfg, env.world_size)
+    params = count_params(cfg.model)
+    sweep = allreduce_sweep(params, grad_comm_dtype(cfg)) if env.world_size > 1 else []
     torch.manual_seed(cfg.train.seed)
     strategy = build_strategy(cfg, derived, env)
     model = parallelize(build_model(cfg.model, env.device), cfg, strategy)
     strategy.build_optimizer()
-    gen = torch.Generator().manual_seed(env.rank)
-    shape = (derived.micro_batch_size, cfg.train.seq_len)
-    batches = [
-        tuple(
-            torch.randint(0, cfg.model.vocab_size, shape, generator=gen).to(env.device)
-            for _ in range(2)
-        )
-        for _ in range(derived.grad_accum_steps)
-    ]
+    use_loader = any(o.startswith("data.path=") for o in overrides)
+    next_batches, data_source = _batch_source(cfg, derived, env, use_loader)
     rows = []
     for step in range(steps):
+        box = []
+        data_s = _timed(lambda: box.append(next_batches()))  # noqa: B023
+        batches = box[0]
         dist.barrier()
-        fwd_bwd = _timed(lambda: _micro_steps(model, strategy, batches, sync_last=True))
+        fwd_bwd = _timed(lambda: _micro_steps(model, strategy, batches, sync_last=True))  # noqa: B023
         opt_s = _timed(strategy.step)
-        compute = _timed(lambda: _micro_steps(model, strategy, batches, sync_last=False))
+        compute = _timed(lambda: _micro_steps(model, strategy, batches, sync_last=False))  # noqa: B023
         strategy.optimizer.zero_grad(set_to_none=True)
         if step >= warmup:
-            rows.append((fwd_bwd + opt_s, compute, opt_s))
+            rows.append((fwd_bwd + opt_s, compute, opt_s, data_s))
+    with WireBytes() as wire:
+        _micro_steps(model, strategy, batches, sync_last=True)
+        strategy.step()
     tracker = LiveTensorBytes()
     for t in [
         *model.parameters(),
@@ -89,25 +145,31 @@ def run(out: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
     with tracker:
         _micro_steps(model, strategy, batches, sync_last=True)
         strategy.step()
-    step_s = statistics.median(r[0] for r in rows)
-    compute_s = statistics.median(r[1] for r in rows)
-    opt_s = statistics.median(r[2] for r in rows)
+    # the slowest rank sets the pace: its compute, not rank 0's, is what the others wait for
+    slowest = torch.tensor(rows, dtype=torch.float64)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    med = [statistics.median(slowest[:, i].tolist()) for i in range(4)]
+    step_s, compute_s, opt_s, data_s = med
     result = {
         "world_size": env.world_size,
         "strategy": cfg.parallel.strategy,
+        "grad_comm_dtype": cfg.parallel.grad_comm_dtype,
         "tokens_per_step": cfg.train.global_batch_tokens,
+        "grad_accum_steps": derived.grad_accum_steps,
         "step_time_s": step_s,
         "compute_s": compute_s,
         "optimizer_s": opt_s,
+        "data_s": data_s,
+        "data_source": data_source,
         "comm_wait_s": max(0.0, step_s - compute_s - opt_s),
-        "tokens_per_s": cfg.train.global_batch_tokens / step_s,
+        # the data wait is outside the step here; a training loop without prefetch adds it
+        "tokens_per_s": cfg.train.global_batch_tokens / (step_s + data_s),
         "peak_mem_bytes": tracker.peak,
         "measured_steps": len(rows),
         "warmup_steps": warmup,
-        "params": count_params(cfg.model),
-        "bus_gbps": allreduce_bus_gbps(count_params(cfg.model), env.world_size)
-        if env.world_size > 1
-        else 0.0,
+        "params": params,
+        "wire_bytes": wire.bytes_by("name"),
+        "allreduce_sweep": sweep,
     }
     if env.is_main:
         out.write_text(json.dumps(result, indent=2))
