@@ -40,6 +40,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return data
 
 
+@pytest.fixture(scope="session")
+def zero_runs(tmp_path_factory, tiny_dataset) -> Path:
+    """Real ZeRO-1/2/3 and DCP runs resumed across world sizes and strategies (zero_runs.py),
+    shared by test_zero_tools.py and test_zero_reshard.py."""
+    from zero_runs import make_zero_runs
+
+    return make_zero_runs(tmp_path_factory.mktemp("zero_runs"), tiny_dataset)
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_process_group():
     """In-process trainings leave their process group up (train() never destroys it, so a

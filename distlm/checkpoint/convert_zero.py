@@ -58,7 +58,8 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _say(message: str) -> None:
+def log_rank0(message: str) -> None:
+    """Print on rank 0 only (the trainer's log goes to stdout the same way)."""
     if _rank() == 0:
         print(message, flush=True)
 
@@ -124,13 +125,13 @@ def zero_to_universal(state_dir: Path) -> Path:
             raise CheckpointError(
                 f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stdout[-3000:]}"
             )
-        _say(
+        log_rank0(
             f"converted {state_dir / TAG} to DeepSpeed's universal checkpoint {out} in "
             f"{time.perf_counter() - start:.1f} s (`{' '.join(cmd[1:])}`)"
         )
 
     if out.exists():
-        _say(f"using the universal checkpoint {out} converted earlier")
+        log_rank0(f"using the universal checkpoint {out} converted earlier")
     return build_once(out, build)
 
 
@@ -183,7 +184,7 @@ def universal_to_dcp(universal: Path, out: Path) -> Path:
                     state[name][key] = _load_file(folder / f"{key}.pt")["param"]
         sd = {"model": model, "optim": {"state": state, "param_groups": param_groups}}
         dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
-        _say(f"mapped the universal checkpoint {universal} to a DCP checkpoint {out}")
+        log_rank0(f"mapped the universal checkpoint {universal} to a DCP checkpoint {out}")
 
     return build_once(out, build)
 
@@ -302,6 +303,6 @@ def dcp_to_universal(state_dir: Path, names: dict[str, str], num_groups: int) ->
         for name in MODEL_STATES:  # ZeRO-1/2's name and ZeRO-3's: one layout serves all stages
             torch.save(model_states, folder / name)
         (tmp / LATEST_UNIVERSAL).write_text(TAG)
-        _say(f"mapped the DCP checkpoint {state_dir} to DeepSpeed's universal layout {out}")
+        log_rank0(f"mapped the DCP checkpoint {state_dir} to DeepSpeed's universal layout {out}")
 
     return build_once(out, build)

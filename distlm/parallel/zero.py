@@ -7,10 +7,8 @@ Choose ZeRO when DeepSpeed's ecosystem (offload, its checkpoint tools) matters; 
 sharding FSDP2 does the same as zero3 torch-natively and its checkpoints reshard on load.
 
 The optimizer is a client `torch.optim.AdamW`, not DeepSpeed's FusedAdam, which would JIT-build a
-C++ op (~43 s on CPU) on first use; with `parallel.offload` (ZeRO-Offload) it is DeepSpeed's
-`DeepSpeedCPUAdam`, which DeepSpeed requires there (its `cpu_adam` op builds once, 2-3 min).
-DeepSpeed owns gradient accumulation (its micro-step counter decides when to reduce and step);
-the trainer owns the lr schedule (`set_lr`).
+C++ op (~43 s on CPU) on first use. DeepSpeed owns gradient accumulation (its micro-step
+counter decides when to reduce and step); the trainer owns the lr schedule (`set_lr`).
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distlm.parallel.base import Strategy, build_optimizer, clean_fqn, train_dtype
-from distlm.parallel.optimizer import restore_cpu_adam_step
+from distlm.parallel.base import Strategy, adamw_param_groups, clean_fqn, train_dtype
 
 TAG = "zero"  # DeepSpeed writes its files under <path>/<TAG>/
 
@@ -41,17 +38,12 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
     }
     if stage == 3:
         zero["stage3_prefetch_bucket_size"] = p.zero_prefetch_bucket_size
-    if p.offload != "none":  # ZeRO-Offload: fp32 master + Adam states and their step on the CPU
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": _pin_memory()}
-    if p.offload == "all":  # ZeRO-Infinity's param offload (stage 3 only; config validation)
-        zero["offload_param"] = {"device": "cpu", "pin_memory": _pin_memory()}
     ds = {
         "train_micro_batch_size_per_gpu": derived.micro_batch_size,
         "gradient_accumulation_steps": derived.grad_accum_steps,
         "train_batch_size": derived.global_batch_size,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": zero,
-        "communication_data_type": p.grad_comm_dtype,  # stated: DeepSpeed's default follows bf16
         "zero_allow_untested_optimizer": True,  # the client torch AdamW
         "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
@@ -61,11 +53,6 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
     return ds
 
 
-def _pin_memory() -> bool:
-    """Pinned host buffers speed up copies to a GPU; without CUDA they cannot be allocated."""
-    return torch.cuda.is_available()
-
-
 class ZeroStrategy(Strategy):
     name = "zero"
 
@@ -73,9 +60,15 @@ class ZeroStrategy(Strategy):
         os.environ.setdefault("DS_ACCELERATOR", self.env.device.type)  # before DeepSpeed looks
         import deepspeed
 
+        t = self.cfg.train
         bf16 = train_dtype(self.cfg, self.env.device) == torch.bfloat16
-        offload = self.cfg.parallel.offload != "none"  # ZeRO-Offload needs DeepSpeed's CPU Adam
-        client_opt = build_optimizer(model, self.cfg, self.env.device, deepspeed_offload=offload)
+        client_opt = torch.optim.AdamW(
+            adamw_param_groups(model, t.weight_decay),
+            lr=t.lr,
+            betas=(t.beta1, t.beta2),
+            eps=t.eps,
+            fused=self.env.device.type == "cuda",
+        )
         # the process group already exists (init_distributed): DeepSpeed wraps it
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model,
@@ -102,14 +95,7 @@ class ZeroStrategy(Strategy):
         # DeepSpeed decides itself when to reduce (its engine.no_sync() refuses ZeRO-2/3)
         return contextlib.nullcontext()
 
-    def step(self) -> torch.Tensor:
-        """DeepSpeed's engine step; the norm is returned as a tensor without a read of ours.
-
-        DeepSpeed itself reads the norm / overflow flag on the host inside `engine.step()`
-        (`is_invalid_grad_norm` under bf16 with `check_grad_overflow`, `.item()` of its overflow
-        all-reduce under fp16 and ZeRO-3): that is its non-finite guard and stays one sync per
-        step; distlm adds none (torch DDP / FSDP2 add none at all, parallel/step_guard.py).
-        """
+    def step(self) -> float:
         if self._micro != self.derived.grad_accum_steps:
             raise RuntimeError(
                 f"ZeRO step after {self._micro} backward calls; DeepSpeed was configured for "
@@ -118,10 +104,10 @@ class ZeroStrategy(Strategy):
         assert self.engine.is_gradient_accumulation_boundary()
         self.engine.step()  # reduce, clip to gradient_clipping, AdamW; skips non-finite grads
         self._micro = 0
-        norm = self.engine.get_global_grad_norm()  # a float or a device tensor
-        norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32)
-        if not self.engine.was_step_applied():  # skipped as non-finite: never report it finite
-            return torch.where(torch.isfinite(norm), math.inf, norm)
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else math.nan
+        if not self.engine.was_step_applied():
+            return math.inf if math.isfinite(norm) else norm
         return norm
 
     def save(self, path: Path) -> None:
@@ -142,12 +128,10 @@ class ZeroStrategy(Strategy):
             groups = len(self.optimizer.param_groups)
             load_path = self._load_universal(convert.dcp_to_universal(path, names, groups))
         elif (saved := convert.saved_world_size(path)) != self.env.world_size:
-            if self.env.rank == 0:
-                print(
-                    f"{path / TAG} was saved by {saved} rank(s), this run has "
-                    f"{self.env.world_size}: resuming through DeepSpeed's universal checkpoint",
-                    flush=True,
-                )
+            convert.log_rank0(
+                f"{path / TAG} was saved by {saved} rank(s), this run has "
+                f"{self.env.world_size}: resuming through DeepSpeed's universal checkpoint"
+            )
             load_path = self._load_universal(convert.zero_to_universal(path))
         else:
             load_path, _ = self.engine.load_checkpoint(
@@ -155,7 +139,6 @@ class ZeroStrategy(Strategy):
             )
         if load_path is None:
             raise CheckpointError(f"{path}/{TAG}: DeepSpeed found no checkpoint to load")
-        restore_cpu_adam_step(self.engine.optimizer)  # parallel.offload: exact resume
         self._micro = 0
 
     def _load_universal(self, universal: Path) -> str | None:
