@@ -37,7 +37,7 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's customary 5 GB shards
 def checkpoint_model_config(state: dict) -> ModelConfig:
     """The ModelConfig recorded in a checkpoint's trainer_state.json."""
     saved = state.get("model_config")
-    where = Path(state["checkpoint"]) / "trainer_state.json"
+    where = Path(state.get("checkpoint", "?")) / "trainer_state.json"
     if not isinstance(saved, dict):
         raise ExportError(f"{where}: no model_config; was it written by distlm's trainer?")
     known = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -26,12 +26,13 @@ SPECIAL_IDS = ("unk", "bos", "eos", "pad")
 
 def read_sentencepiece(path: Path):
     """The parsed ModelProto of a sentencepiece .model file."""
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(Path(path).read_bytes())
-    except (OSError, ValueError) as e:  # protobuf's DecodeError is a ValueError
+    except (OSError, DecodeError) as e:
         raise ExportError(f"{path}: not a readable sentencepiece model ({e})") from None
     if not proto.pieces:
         raise ExportError(f"{path}: not a sentencepiece model (no pieces)")
