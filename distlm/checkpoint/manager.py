@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from distlm.checkpoint.async_commit import background_commit
 from distlm.checkpoint.integrity import (
     FILES,
     first_checksum_mismatch,
@@ -85,19 +87,29 @@ class CheckpointManager:
     def __init__(self, cfg: Config, run_dir: Path, rank: int):
         self.cfg, self.rank = cfg, rank
         self.root = run_dir / "checkpoints"
+        self._committing: Future | None = None  # the asynchronous save being written
         if rank == 0 and self.root.is_dir():  # half-written leftovers of a killed run
             for stale in self.root.glob("*.tmp"):
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     # ---- save -------------------------------------------------------------------------------
     def save(self, strategy: Strategy, step: int, trainer_state: dict[str, Any]) -> Path:
+        """Write and commit checkpoint `step` (a collective). With checkpoint.async_save the
+        model + optimizer are copied and written in the background, and the commit (files.json,
+        fsync, rename, `latest`) follows there once every rank's write is done; the next save,
+        a load and `wait()` wait for it."""
+        self.wait()
         name = f"step-{step:08d}"
         final, tmp = self.root / name, self.root / f"{name}.tmp"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
-        strategy.save(tmp / STATE_DIR)
+        writing = None
+        if self.cfg.checkpoint.async_save:
+            writing = strategy.save_async(tmp / STATE_DIR)
+        else:
+            strategy.save(tmp / STATE_DIR)
         torch.save(_rng_state(), tmp / f"rng-rank{self.rank:05d}.pt")
         if self.rank == 0:
             state = {
@@ -110,16 +122,37 @@ class CheckpointManager:
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
         debug_pause("checkpoint", step)
+        if writing is not None:
+            self._committing = background_commit(self._commit, writing, tmp, final, step)
+            return final
         _barrier()
-        record_files(tmp)  # every rank hashes its share; rank 0 writes files.json
+        self._commit(tmp, final)
+        _barrier()
+        return final
+
+    def _commit(self, tmp: Path, final: Path, group: Any = None) -> None:
+        """files.json, fsync, rename, then `latest` (collective over `group`, all files written)."""
+        record_files(tmp, group)  # every rank hashes its share; rank 0 writes files.json
         if self.rank == 0:
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step replaces it
             os.replace(tmp, final)
-            _atomic_write_text(self.root / "latest", name + "\n")
+            _atomic_write_text(self.root / "latest", final.name + "\n")
             self._prune()
-        _barrier()
-        return final
+
+    def wait(self) -> None:
+        """Until the pending asynchronous checkpoint is committed; raises its error if it
+        failed. Every rank calls it (the trainer does at the end of training)."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return
+        try:
+            committing.result()
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+            raise CheckpointError(
+                f"asynchronous checkpoint failed ({_failure_text(e)}); `latest` still names the "
+                f"previous complete checkpoint"
+            ) from e
 
     def _prune(self) -> None:
         keep = self.cfg.checkpoint.keep_last
@@ -156,6 +189,7 @@ class CheckpointManager:
 
     def load(self, strategy: Strategy, path: Path) -> dict[str, Any]:
         """Load model + optimizer into `strategy` and return the trainer state."""
+        self.wait()  # a rollback must not read while a commit renames or prunes
         try:
             state = json.loads((path / TRAINER_STATE).read_text())
         except (OSError, json.JSONDecodeError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -66,6 +67,11 @@ class Strategy(ABC):
     @abstractmethod
     def load(self, path: Path) -> None:
         """Load model + optimizer state from directory `path` (every rank calls this)."""
+
+    def save_async(self, path: Path) -> Future:
+        """Start `save(path)` in the background (checkpoint.async_save): the state is copied
+        before this returns; the Future completes once this rank's files are on disk."""
+        raise NotImplementedError(f"parallel.strategy={self.name} saves synchronously only")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded model weights (every rank calls; rank 0's result is complete)."""

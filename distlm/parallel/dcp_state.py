@@ -2,13 +2,20 @@
 
 Each rank writes its own shards; DCP reshards on load, so a checkpoint resumes at another world
 size and under either strategy. Loading goes through `safe_dcp_load`: no arbitrary unpickling.
+
+`async_save_dcp` (checkpoint.async_save) copies the state and returns at once; torch's writer
+thread plans and writes the files. Its collectives run on `checkpoint_group()`, a gloo group of
+its own, so that they never interleave with the training thread's collectives on the default
+group (two threads issuing collectives on one group deadlock or mismatch).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -22,6 +29,30 @@ def dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 def save_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     dcp.save(dcp_state(model, optimizer), checkpoint_id=str(path))
+
+
+def async_save_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> Future:
+    """Copy the state (the only stall) and write it from a background thread; the Future
+    completes when this rank's files are written and fsynced (FileSystemWriter's default)."""
+    from torch.distributed.checkpoint import async_save
+
+    return async_save(
+        dcp_state(model, optimizer), checkpoint_id=str(path), process_group=checkpoint_group()
+    )
+
+
+_group: tuple[object, dist.ProcessGroup] | None = None  # (the default group it was made for, it)
+
+
+def checkpoint_group() -> dist.ProcessGroup | None:
+    """A gloo group of all ranks for background checkpoint work (a collective on first use);
+    one per default group, so a new process group gets a new one. None without a group."""
+    global _group
+    if not dist.is_initialized():
+        return None
+    if _group is None or _group[0] is not dist.group.WORLD:  # the old one died with its parent
+        _group = (dist.group.WORLD, dist.new_group(backend="gloo"))
+    return _group[1]
 
 
 def load_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:

@@ -158,6 +158,7 @@ def train(cfg: Config) -> TrainResult:
                 )
                 break
 
+    ckpt.wait()  # an asynchronous checkpoint still being written is committed before we return
     result.final_step = step
     if cfg.train.sample_tokens and not result.preempted:
         result.sample = sample_text(model, cfg, env.device)
