@@ -1,10 +1,13 @@
 """Multiple-choice accuracy by log-likelihood, batched and spread over ranks.
 
 Each (example, ending) pair is one request: the log-likelihood of the ending's tokens given the
-context, encoded the way lm-evaluation-harness encodes it for causal models (trailing spaces of
-the context move to the ending; the ending's tokens are those of `encode(context + ending)` after
-the `len(encode(context))` context tokens; an empty context is replaced by the eos token, the
-document boundary the model saw before every document). Two accuracies per task, as lm-eval's:
+context, encoded exactly as lm-evaluation-harness encodes it for causal models, so that both give
+the same numbers: trailing spaces of the context move to the ending; the input is
+`encode(context)` followed by the tokens of `encode(context + ending)` after its first
+`len(encode(context))` (when a merge crosses the boundary this repeats or drops a character, as
+lm-eval does); inputs longer than `max_len` lose their oldest tokens. An empty context becomes
+the eos token, the document boundary the model saw before every document (lm-eval uses bos).
+Two accuracies per task, as lm-eval's:
 
     acc       argmax over endings of the summed log-likelihood
     acc_norm  argmax of the log-likelihood divided by the ending's length in characters
@@ -47,12 +50,11 @@ def build_requests(task: Task, tokenizer: Tokenizer, max_len: int) -> list[Reque
             if n_spaces:
                 context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
             if context:
-                whole = tokenizer.encode(context + continuation)
-                cont = whole[len(tokenizer.encode(context)) :]
+                ctx = tokenizer.encode(context)
+                cont = tokenizer.encode(context + continuation)[len(ctx) :]
             else:
-                cont = tokenizer.encode(continuation)
-                whole = [tokenizer.eos_id, *cont]
-            tokens = whole[-(max_len + 1) :]
+                ctx, cont = [tokenizer.eos_id], tokenizer.encode(continuation)
+            tokens = (ctx + cont)[-(max_len + 1) :]
             requests.append(Request(i, j, tuple(tokens), min(len(cont), len(tokens) - 1)))
     return requests
 
