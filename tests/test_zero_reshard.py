@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
         ("w1_zero2_from_w2", "w2_zero2"),  # ZeRO-2, 2 -> 1
         ("w1_zero3_from_w2", "w2_zero3"),  # ZeRO-3, 2 -> 1
         ("w1_fsdp2_from_zero2", "w2_zero2"),  # ZeRO-2 (2 processes) -> FSDP2 (1)
+        ("w1_ddp_from_zero3", "w2_zero3"),  # ZeRO-3 (2 processes) -> DDP (1)
         ("w2_zero3_from_ddp", "w1_ddp"),  # DDP (1 process) -> ZeRO-3 (2)
     ],
 )

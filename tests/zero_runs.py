@@ -6,7 +6,8 @@ test_parallel_equivalence.py (20 steps, checkpoints at 10 and 20):
   2. torchrun, 2 processes: w2_zero2, w2_zero3; w2_zero1_from_w1 (ZeRO-1, 1 -> 2 processes) and
      w2_zero3_from_ddp (a DCP checkpoint continued under ZeRO-3) resume from step 10;
   3. python, 1 process: w1_fsdp2_from_zero2 (ZeRO-2 -> FSDP2), w1_zero2_from_w2 and
-     w1_zero3_from_w2 (2 -> 1 process) resume from step 10; its output is kept in `w1_resume.log`.
+     w1_zero3_from_w2 (2 -> 1 process), w1_ddp_from_zero3 (ZeRO-3 -> DDP) resume from step 10;
+     its output is kept in `w1_resume.log`.
 Before launch 3, the debris of a killed conversion is left where the ZeRO-2 one will be made.
 """
 
@@ -34,7 +35,7 @@ def make_zero_runs(root: Path, data: Path) -> Path:
     debris.mkdir(parents=True)
     (debris / "mp_rank_00_model_states.pt").write_bytes(b"half-written")
     one = [["w1_fsdp2_from_zero2", "fsdp2", "w2_zero2"], ["w1_zero2_from_w2", "zero2", "w2_zero2"]]
-    one += [["w1_zero3_from_w2", "zero3", "w2_zero3"]]
+    one += [["w1_zero3_from_w2", "zero3", "w2_zero3"], ["w1_ddp_from_zero3", "ddp", "w2_zero3"]]
     proc = run_distributed(WORKER, 1, runs=one, **args)
     (root / "w1_resume.log").write_text(proc.output)
     return root

@@ -42,6 +42,7 @@ from distlm.checkpoint.manager import CheckpointError, _fsync_tree
 TAG = "zero"  # distlm.parallel.zero.TAG: the tag directory DeepSpeed writes and reads
 LATEST_UNIVERSAL = "latest_universal"  # DeepSpeed's pointer to a universal checkpoint's tag
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # deepspeed.checkpoint.constants (lazy import)
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
 
@@ -145,8 +146,18 @@ def _load_file(path: Path):
         raise CheckpointError(f"{path}: missing from the universal checkpoint") from e
 
 
-def _universal_param_groups(universal: Path) -> list[tuple[dict, dict[str, str]]]:
-    """[(hyperparameters, {name as saved: clean FQN})] per param group of a universal checkpoint."""
+def _universal_tensor(path: Path, shape: torch.Size) -> torch.Tensor:
+    """One full tensor of a universal checkpoint: ZeRO-1/2 save {"param": tensor, ...}, ZeRO-3
+    the flat tensor itself."""
+    obj = _load_file(path)
+    return (obj["param"] if isinstance(obj, dict) else obj).reshape(shape)
+
+
+def _universal_param_groups(
+    universal: Path, optimizer_state: dict
+) -> list[tuple[dict, dict[str, str]]]:
+    """[(hyperparameters, {name as saved: (clean FQN, shape)})] per param group of a universal
+    checkpoint."""
     from distlm.parallel.base import clean_fqn
 
     tag = universal / TAG
@@ -154,7 +165,7 @@ def _universal_param_groups(universal: Path) -> list[tuple[dict, dict[str, str]]
     if states is None:
         raise CheckpointError(f"{tag}: no {' or '.join(MODEL_STATES)}")
     shapes = _load_file(states)["param_shapes"]  # one {name: shape} per group (ZeRO-3: sub-group)
-    groups = _load_file(tag / "zero" / "optimizer_state.pt")["param_groups"]
+    groups = optimizer_state["param_groups"]
     if len(shapes) != len(groups):
         raise CheckpointError(
             f"{states}: {len(shapes)} parameter (sub-)groups for {len(groups)} optimizer param "
@@ -162,8 +173,11 @@ def _universal_param_groups(universal: Path) -> list[tuple[dict, dict[str, str]]
             f"`sub_group_size` split them)"
         )
     return [
-        ({k: v for k, v in hyper.items() if k != "params"}, {n: clean_fqn(n) for n in names})
-        for hyper, names in zip(groups, shapes, strict=True)
+        (
+            {k: v for k, v in hyper.items() if k != "params"},
+            {n: (clean_fqn(n), s) for n, s in g.items()},
+        )
+        for hyper, g in zip(groups, shapes, strict=True)
     ]
 
 
@@ -174,14 +188,19 @@ def universal_to_dcp(universal: Path, out: Path) -> Path:
 
     def build(tmp: Path) -> None:
         model, state, param_groups = {}, {}, []
-        for hyper, names in _universal_param_groups(universal):
-            param_groups.append({**hyper, "params": list(names.values())})
-            for saved, name in names.items():  # files under the ZeRO run's names, keys cleaned
+        optimizer_state = _load_file(universal / TAG / "zero" / "optimizer_state.pt")
+        # ZeRO-1/2 write a step.pt per parameter; ZeRO-3 keeps one step, here
+        step = optimizer_state.get(OPTIMIZER_STATE_DICT, {}).get("state", {}).get(0, {}).get("step")
+        for hyper, names in _universal_param_groups(universal, optimizer_state):
+            param_groups.append({**hyper, "params": [name for name, _ in names.values()]})
+            for saved, (name, shape) in names.items():  # files under the saved names; keys clean
                 folder = universal / TAG / "zero" / saved
-                model[name] = _load_file(folder / "fp32.pt")["param"]
-                state[name] = {"step": _load_file(folder / "step.pt").float().reshape(())}
+                model[name] = _universal_tensor(folder / "fp32.pt", shape)
+                if (folder / "step.pt").exists() or step is None:
+                    step = _load_file(folder / "step.pt")
+                state[name] = {"step": torch.as_tensor(step).float().reshape(()).clone()}
                 for key in ADAM_KEYS:
-                    state[name][key] = _load_file(folder / f"{key}.pt")["param"]
+                    state[name][key] = _universal_tensor(folder / f"{key}.pt", shape)
         sd = {"model": model, "optim": {"state": state, "param_groups": param_groups}}
         dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(tmp)), no_dist=True)
         log_rank0(f"mapped the universal checkpoint {universal} to a DCP checkpoint {out}")
@@ -250,7 +269,6 @@ def dcp_to_universal(state_dir: Path, names: dict[str, str], num_groups: int) ->
     called `names[fqn]` and whose optimizer has `num_groups` param groups."""
     import deepspeed
     from deepspeed.checkpoint.constants import (
-        OPTIMIZER_STATE_DICT,
         PARAM_GROUPS,
         UNIVERSAL_CHECKPOINT_INFO,
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
