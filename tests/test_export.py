@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_parallel_equivalence import tiny_overrides
 
 from distlm.__main__ import main as distlm_main
 from distlm.checkpoint import CheckpointError
@@ -33,25 +34,6 @@ from distlm.train.trainer import train
 
 transformers = pytest.importorskip("transformers")
 
-TINY = [
-    "model=tiny",
-    "model.vocab_size=512",
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.max_seq_len=64",
-    "train.seq_len=32",
-    "train.global_batch_tokens=256",
-    "train.warmup_steps=2",
-    "train.lr=1e-2",
-    "train.dtype=fp32",
-    "train.device=cpu",
-    "train.eval_every_steps=0",
-    "train.sample_tokens=0",
-    "logging.tensorboard=false",
-    "checkpoint.every_steps=0",
-]
 MODELS = {
     # 512 tokens padded to 576 rows: the export keeps the rows and suppresses their ids
     "gqa_tied_padded": ["model.vocab_pad_multiple=96"],
@@ -70,7 +52,10 @@ TEXTS = [
 
 
 def cfg_args(data: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
-    return [*TINY, *MODELS[name], f"data.path={data}", f"logging.run_dir={run_dir}", *extra]
+    """test_parallel_equivalence's tiny model and batches; checkpoint at the end, resume auto."""
+    args = tiny_overrides(str(data), str(run_dir)) + MODELS[name]
+    args += ["train.micro_batch_size=0", "checkpoint.every_steps=0", "checkpoint.resume=auto"]
+    return [*args, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +107,11 @@ def test_transformers_gives_our_logits_and_greedy_tokens(exported, name):
     prompt = tok("def main(argv):\n    ").input_ids
     hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
     assert hf_out[0, len(prompt) :].tolist() == greedy(ours, prompt, 16, cfg.vocab_size)
+    if hf.config.vocab_size > cfg.vocab_size:  # padding rows made to win: still never generated
+        head = hf.get_output_embeddings().weight
+        with torch.no_grad():
+            head[cfg.vocab_size :] = 100 * head[: head.shape[0] - cfg.vocab_size]
+        assert hf.generate(torch.tensor([prompt]), max_new_tokens=8).max() < cfg.vocab_size
 
 
 def test_config_and_generation_config(exported):

@@ -314,3 +314,29 @@ def test_consolidate_cli_names_what_is_missing(tmp_path):
     assert (
         f"consolidate: error: {tmp_path}: not a checkpoint (no trainer_state.json)" in proc.output
     )
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "zero3"])
+def test_hugging_face_export_of_a_two_process_checkpoint(matrix, strategy, tmp_path):
+    """`distlm export` of a sharded checkpoint: the consolidated weights, and transformers
+    computes our logits from them (test_export.py checks export in depth)."""
+    transformers = pytest.importorskip("transformers")
+    from distlm.export.hf_export import checkpoint_model_config, export
+    from distlm.export.hf_weights import from_hf
+    from distlm.export.safetensors_folder import load_folder
+    from distlm.model import build_model
+
+    summary = export(matrix / f"w2_{strategy}", tmp_path / "hf")
+    assert summary["step"] == STEPS
+    weights, state = load_full_state_dict(Path(summary["checkpoint"]))
+    assert (state["strategy"], state["world_size"]) == (strategy, 2)
+    cfg = checkpoint_model_config(state)
+    exported = from_hf(load_folder(tmp_path / "hf"), cfg)
+    assert exported.keys() == weights.keys()
+    assert all(torch.equal(exported[k], weights[k]) for k in weights)
+    ours = build_model(cfg)
+    ours.load_state_dict(weights)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tokens = torch.arange(64)[None] * 7 % cfg.vocab_size
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= 1e-5

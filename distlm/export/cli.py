@@ -36,6 +36,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _files(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{len(names) - 1} shards + {names[-1]}"
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv[1:] if argv and argv[0] == "export" else argv)
     try:
@@ -52,7 +56,7 @@ def main(argv: list[str]) -> int:
     print(
         f"wrote {summary['out_dir']}: {summary['architecture']}, "
         f"{summary['parameters']:,} parameters ({summary['dtype']}) from {summary['checkpoint']} "
-        f"(step {summary['step']}), files {', '.join(summary['weight_files'])}"
+        f"(step {summary['step']}); weights in {_files(summary['weight_files'])}"
     )
     return 0
 

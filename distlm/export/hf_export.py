@@ -125,6 +125,8 @@ def export(
         for name, obj in files.items():
             (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
         written = save_folder(tensors, tmp, max_shard_bytes, meta)
+        for name in written:  # safetensors writes 0600; give the weights the json files' mode
+            (tmp / name).chmod((tmp / "config.json").stat().st_mode & 0o777)
         _check_out_dir(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
