@@ -241,7 +241,7 @@ class CheckpointManager:
         diff = [
             f"model.{k}: checkpoint {saved[k]!r} vs config {ours[k]!r}"
             for k in ours
-            if k != "name" and k in saved and saved[k] != ours[k]
+            if k not in ("name", "init_from") and k in saved and saved[k] != ours[k]  # not shapes
         ]
         if diff:
             raise CheckpointError(f"{path} was written by a different model: " + "; ".join(diff))
