@@ -75,6 +75,9 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile each transformer block
+    fp8: str = "false"  # false | true | auto: torchao float8 matmuls (auto: sm_89+, compiled, big)
+    fp8_recipe: str = "tensorwise"  # tensorwise | rowwise (finer scales; no cuBLAS on sm_120)
+    fp8_auto_min_tokens: int = 16384  # train.fp8=auto: smallest micro-batch, tokens, to use FP8
     sample_tokens: int = 64  # tokens generated at the end of training (0 = no sample)
     sample_prompt: str = ""  # text the end-of-run sample continues ("" = a new document)
     sample_temperature: float = 0.8  # softmax temperature of the sample (lower: likelier tokens)
@@ -200,6 +203,8 @@ def validate(cfg: Config) -> None:
         ("train.dtype", t.dtype, DTYPES),
         ("train.device", t.device, ("auto", "cpu", "cuda")),
         ("parallel.grad_comm_dtype", p.grad_comm_dtype, ("fp32", "bf16")),
+        ("train.fp8", t.fp8.lower(), ("false", "true", "auto")),
+        ("train.fp8_recipe", t.fp8_recipe, ("tensorwise", "rowwise")),
     ):
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")

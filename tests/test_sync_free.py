@@ -9,11 +9,12 @@ with such an optimizer and 1 (the guard's own read) with any other.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 import torch
+from test_fault_inprocess import clean_process  # noqa: F401 (autouse: a fresh process group)
+from test_fault_torchrun import TINY
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from distlm.config import resolve
@@ -31,13 +32,7 @@ SYNCING = {
     aten.equal.default,  # torch.equal returns a Python bool
 }
 SMALL = [
-    "model.vocab_size=512",
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.max_seq_len=64",
-    "train.seq_len=32",
+    *TINY,  # d_model 64, 2 layers, vocab 512, seq 32
     "train.global_batch_tokens=256",
     "train.micro_batch_size=4",  # 2 accumulation micro-steps
     "train.warmup_steps=1",
@@ -70,15 +65,6 @@ class SyncCounter(TorchDispatchMode):
         if func in SYNCING and not _host_read():
             self.calls.append(str(func))
         return func(*args, **(kwargs or {}))
-
-
-@pytest.fixture(autouse=True)
-def clean_process():
-    saved = dict(os.environ)
-    yield
-    destroy_distributed()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_counter_sees_a_sync():
@@ -134,10 +120,7 @@ def count_syncs(data, run, strategy: str, steps: int) -> int:
             f"data.path={data}",
             f"logging.run_dir={run}",
             f"train.steps={steps}",
-            "train.eval_every_steps=0",
-            "train.sample_tokens=0",
             "logging.log_every_steps=0",  # logs at the last step only
-            "logging.tensorboard=false",
             "checkpoint.every_steps=0",  # saves at the last step only
         ]
     )

@@ -81,7 +81,7 @@ def train(cfg: Config) -> TrainResult:
     if note := init_from_hf(model, cfg, run_dir, env.rank):  # model.init_from=hf:DIR
         log.info(note)
     strategy = build_strategy(cfg, derived, env)
-    model = parallelize(model, cfg, strategy)
+    model = parallelize(model, cfg, strategy, log.info)  # log.info: the train.fp8 decision
     strategy.build_optimizer()
     log.info(
         f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} params "
