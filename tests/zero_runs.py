@@ -8,11 +8,13 @@ test_parallel_equivalence.py (20 steps, checkpoints at 10 and 20):
   3. python, 1 process: w1_fsdp2_from_zero2 (ZeRO-2 -> FSDP2), w1_zero2_from_w2 and
      w1_zero3_from_w2 (2 -> 1 process), w1_ddp_from_zero3 (ZeRO-3 -> DDP) resume from step 10;
      its output is kept in `w1_resume.log`.
-Before launch 3, the debris of a killed conversion is left where the ZeRO-2 one will be made.
+Before launch 3, the debris of a killed conversion (a dead process's `universal.tmp-<host>-<pid>`)
+is left where the ZeRO-2 one will be made.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from dist_utils import run_distributed
@@ -31,7 +33,9 @@ def make_zero_runs(root: Path, data: Path) -> Path:
     two = [["w2_zero2", "zero2", None], ["w2_zero3", "zero3", None]]
     two += [["w2_zero1_from_w1", "zero1", "w1_zero1"], ["w2_zero3_from_ddp", "zero3", "w1_ddp"]]
     run_distributed(WORKER, 2, timeout_s=420, runs=two, **args)
-    debris = checkpoint(root, "w2_zero2") / "universal.tmp" / "zero"
+    dead_pid = 2**22 + 1  # above Linux's largest pid: no such process
+    debris = checkpoint(root, "w2_zero2") / f"universal.tmp-{socket.gethostname()}-{dead_pid}"
+    debris = debris / "zero"
     debris.mkdir(parents=True)
     (debris / "mp_rank_00_model_states.pt").write_bytes(b"half-written")
     one = [["w1_fsdp2_from_zero2", "fsdp2", "w2_zero2"], ["w1_zero2_from_w2", "zero2", "w2_zero2"]]

@@ -9,7 +9,7 @@ holds them per parameter, full size:
         latest_universal               "zero": the tag, as DeepSpeed's loader reads it
         zero/mp_rank_00_model_states.pt    (ZeRO-3: zero_pp_rank_*_mp_rank_00_model_states.pt)
         zero/zero/optimizer_state.pt   param groups, clip and loss-scale state
-        zero/zero/<param name>/{fp32,exp_avg,exp_avg_sq,step}.pt
+        zero/zero/<param name>/{fp32,exp_avg,exp_avg_sq,step}.pt   (ZeRO-3: one step, above)
 
 - ZeRO -> ZeRO at another world size: `python -m deepspeed.checkpoint.ds_to_universal` (run as a
   subprocess, exactly the command the README gives), then DeepSpeed's `load_universal`;
@@ -17,9 +17,9 @@ holds them per parameter, full size:
   form `get_state_dict` gives (FQN keys; AdamW `step` / `exp_avg` / `exp_avg_sq`);
 - ddp / fsdp2 -> ZeRO: the DCP checkpoint read whole and written in the universal layout, with
   the ZeRO run's own parameter names, into `step-N/universal-<hash of the names>/`.
-Each output is built on rank 0 under `<name>.tmp` and renamed when complete; every rank gets rank
-0's error, if any. What cannot map (another optimizer's state, other param groups, per-parameter
-step counters that differ) is refused with a CheckpointError that says why.
+Each output is built on rank 0 under `<name>.tmp-<host>-<pid>` and renamed when complete; every
+rank gets rank 0's error, if any. What cannot map (another optimizer's state, other param
+groups, per-parameter step counters that differ) is refused with a CheckpointError that says why.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -66,11 +67,16 @@ def log_rank0(message: str) -> None:
 
 
 def build_once(out: Path, build: Callable[[Path], None]) -> Path:
-    """`build(tmp)` on rank 0 unless `out` exists, then tmp -> out; every rank gets its error."""
+    """`build(tmp)` on rank 0 unless `out` exists, then tmp -> out; every rank gets its error.
+
+    tmp is `<out>.tmp-<host>-<pid>`: two runs resuming from one checkpoint at once each build
+    their own and the second rename loses harmlessly; a killed build's tmp is removed by the
+    next build on that host."""
     error = None
     if _rank() == 0 and not out.exists():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # a killed conversion's leftovers
+        host = socket.gethostname()
+        _remove_dead_builds(out, host)
+        tmp = out.with_name(f"{out.name}.tmp-{host}-{os.getpid()}")
         try:
             tmp.mkdir()
             build(tmp)
@@ -78,8 +84,9 @@ def build_once(out: Path, build: Callable[[Path], None]) -> Path:
             os.replace(tmp, out)
         except Exception as e:  # noqa: BLE001 - every rank must hear of it, not hang
             shutil.rmtree(tmp, ignore_errors=True)
-            error = str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
-            error = f"{out}: conversion failed: {error}"
+            if not out.exists():  # else another run finished the same conversion first
+                error = str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+                error = f"{out}: conversion failed: {error}"
     if dist.is_initialized():
         box = [error]
         dist.broadcast_object_list(box, src=0)
@@ -87,6 +94,18 @@ def build_once(out: Path, build: Callable[[Path], None]) -> Path:
     if error:
         raise CheckpointError(error)
     return out
+
+
+def _remove_dead_builds(out: Path, host: str) -> None:
+    """Delete `<out>.tmp-<host>-<pid>` dirs of builds on this host whose process is gone."""
+    for tmp in out.parent.glob(f"{out.name}.tmp-{host}-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 # ---- ZeRO -> universal (DeepSpeed's own converter) ----------------------------------------------
