@@ -3,10 +3,12 @@
 The runs are real (conftest's `zero_runs`, see zero_runs.py): each resumed run must give the
 losses of the run it resumes from, as continued at that run's own world size, within fp32
 tolerance (the reduction order changes with the world size); the loader position is checked by
-the same losses (a batch off by one changes them by ~0.1).
+the same losses (a batch off by one changes them by ~0.1) and the loader state saved at the end.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -32,6 +34,12 @@ pytestmark = pytest.mark.slow
 def test_resume_at_another_world_size_or_strategy_continues_the_run(zero_runs, run, source):
     resumed, want = losses(zero_runs, run), losses(zero_runs, source)[RESUME_AT:]
     assert len(resumed) == STEPS - RESUME_AT
+    # the data position is world-size free: the same after the same steps
+    loader = [
+        json.loads((checkpoint(zero_runs, r, STEPS) / "trainer_state.json").read_text())["loader"]
+        for r in (run, source)
+    ]
+    assert loader[0] == loader[1] and loader[0]["batches_consumed"] == STEPS
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(want), rtol=0, atol=LOSS_TOL)
     have, full = final_weights(zero_runs, run), final_weights(zero_runs, source)
     assert have.keys() == full.keys()
