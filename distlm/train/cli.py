@@ -22,9 +22,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from distlm.checkpoint import CheckpointError
     from distlm.data import DataError
     from distlm.eval.tasks import EvalError
+    from distlm.export import ExportError
     from distlm.train.numerics import TrainingError
 
-    return ConfigError, DataError, CheckpointError, TrainingError, EvalError
+    return ConfigError, DataError, CheckpointError, TrainingError, EvalError, ExportError
 
 
 def _rank() -> str:
