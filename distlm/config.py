@@ -117,6 +117,7 @@ class HardwareConfig:
     intra_node_bandwidth_gbps: float = 0.0  # per-GPU bus bandwidth inside a node, GB/s
     inter_node_bandwidth_gbps: float = 0.0  # per-node network bandwidth, GB/s
     nccl_env: dict[str, str] = field(default_factory=dict)  # NCCL_* variables set at launch
+    host_memory_gb: float = 0.0  # host RAM per node, GB (offload planning); 0 = this machine's
 
 
 @dataclass

@@ -5,11 +5,12 @@ import torch
 
 from distlm.config import ModelConfig
 from distlm.config_loader import load_config
-from distlm.model.llama import build_model, count_params, padded_vocab
+from distlm.model.llama import build_model, count_params
 from distlm.plan.memory_model import (
     Layout,
     activation_bytes,
     cast_weight_bytes,
+    loss_saved_bytes,
     param_shapes,
     state_bytes,
 )
@@ -29,11 +30,13 @@ def test_param_shapes_match_the_module(tie):
     assert sum(p.numel for p in param_shapes(cfg)) == count_params(cfg)
 
 
+@pytest.mark.parametrize("chunk", [0, 48])
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("tie", [True, False])
-def test_saved_activations_are_exact_on_cpu(bf16, tie):
-    """Every tensor autograd saves (minus params and buffers) equals the per-op derivation."""
-    cfg = ModelConfig(**{**SMALL.__dict__, "tie_embeddings": tie})
+def test_saved_activations_are_exact_on_cpu(bf16, tie, chunk):
+    """Every tensor autograd saves (minus params and buffers) equals the per-op derivation,
+    with the plain loss and with the chunked one (model.loss_chunk_tokens)."""
+    cfg = ModelConfig(**{**SMALL.__dict__, "tie_embeddings": tie, "loss_chunk_tokens": chunk})
     model = build_model(cfg)
     b, t = 2, 64
     tokens = torch.randint(0, cfg.vocab_size, (b, t))
@@ -51,9 +54,9 @@ def test_saved_activations_are_exact_on_cpu(bf16, tie):
         torch.autocast("cpu", torch.bfloat16, enabled=bf16),
     ):
         model(tokens, tokens.roll(1, dims=1))  # targets: a distinct int64 tensor
-    lay = Layout("ddp", 1, b, t, bf16, False, "cpu")
-    log_probs = b * t * padded_vocab(cfg) * 4  # fp32, kept by cross-entropy for backward
-    predicted = activation_bytes(cfg, lay)[0] + cast_weight_bytes(cfg, lay) + log_probs
+    lay = Layout("ddp", 1, b, t, bf16, False, "cpu", loss_chunk_tokens=chunk)
+    loss = loss_saved_bytes(cfg, lay)  # log-probs, or the chunked loss's dW and dx
+    predicted = activation_bytes(cfg, lay)[0] + cast_weight_bytes(cfg, lay) + loss
     assert sum(saved.values()) == predicted
 
 

@@ -47,20 +47,27 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             xc = x[start : start + chunk_tokens].to(dtype)  # (n, C)
             yc, vc = targets[start : start + chunk_tokens], valid[start : start + chunk_tokens]
             logits = (xc @ w.t()).float()  # (n, V) fp32
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
             target_logit = logits.gather(1, yc.clamp(min=0).unsqueeze(1)).squeeze(1)  # (n,)
+            # log-sum-exp written out in place: torch.logsumexp would allocate another (n, V)
+            top = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+            probs = logits.sub_(top).exp_()  # (n, V), unnormalised softmax
+            total = probs.sum(dim=-1, keepdim=True)  # (n, 1)
+            lse = (top + total.log()).squeeze(1)  # (n,)
             loss += ((lse - target_logit) * vc).sum()
             if not (need_x or need_w):
+                del logits, probs
                 continue
             # d loss / d logits = (softmax - one_hot(y)) / count on valid rows, built in place
-            probs = logits.sub_(lse.unsqueeze(1)).exp_()  # (n, V)
-            probs.scatter_add_(1, yc.clamp(min=0).unsqueeze(1), -vc.float().unsqueeze(1))
-            probs.mul_((vc.float() / count).unsqueeze(1))
+            probs.mul_((vc.float() / count).unsqueeze(1) / total)
+            probs.scatter_add_(1, yc.clamp(min=0).unsqueeze(1), -(vc.float() / count).unsqueeze(1))
             g = probs.to(dtype)  # (n, V) in the matmul dtype, as F.linear's backward has it
             if need_x:
                 grad_x[start : start + chunk_tokens] = g @ w  # (n, C)
-            if need_w:
-                grad_w.add_(g.t() @ xc)  # (V, C)
+            if need_w and grad_w.dtype == g.dtype:
+                grad_w.addmm_(g.t(), xc)  # (V, C), accumulated in place
+            elif need_w:
+                grad_w.add_(g.t() @ xc)  # bf16 product, accumulated in fp32
+            del logits, probs, g  # free this chunk before the next one's matmul allocates
         ctx.save_for_backward(grad_x, grad_w)
         return loss / count
 

@@ -20,7 +20,11 @@ from torch import nn
 
 from distlm.config import Config, Derived
 from distlm.parallel.env import DistEnv
-from distlm.parallel.optimizer import adamw_param_groups, build_optimizer, set_lr
+from distlm.parallel.optimizer import (  # noqa: F401 (adamw_param_groups: re-exported)
+    adamw_param_groups,
+    build_optimizer,
+    set_lr,
+)
 
 
 class Strategy(ABC):
@@ -64,14 +68,14 @@ class Strategy(ABC):
     def save(self, path: Path) -> None:
         """Write model + optimizer state under directory `path` (every rank calls this)."""
 
-    @abstractmethod
-    def load(self, path: Path) -> None:
-        """Load model + optimizer state from directory `path` (every rank calls this)."""
-
     def save_async(self, path: Path) -> Future:
         """Start `save(path)` in the background (checkpoint.async_save): the state is copied
         before this returns; the Future completes once this rank's files are on disk."""
         raise NotImplementedError(f"parallel.strategy={self.name} saves synchronously only")
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Load model + optimizer state from directory `path` (every rank calls this)."""
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded model weights (every rank calls; rank 0's result is complete)."""
@@ -98,8 +102,7 @@ def clean_fqn(name: str) -> str:
     return name
 
 
-__all__ = ["adamw_param_groups", "build_optimizer"]  # built in distlm/parallel/optimizer.py
-build_adamw = build_optimizer  # the former name (train.optimizer decides what it builds)
+build_adamw = build_optimizer  # its former name; distlm/parallel/optimizer.py builds them all
 
 
 def train_dtype(cfg: Config, device: torch.device) -> torch.dtype:

@@ -69,7 +69,13 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"distlm plan: {e}", file=sys.stderr)
         return 2
-    p = plan(cfg, args.memory_fraction, args.tokens_per_param)
+    rates = None
+    if args.measure:  # plan offload with this host's optimizer step rates
+        from distlm.plan.measure import format_host_rates, measure_host_rates
+
+        rates = measure_host_rates()
+        print(format_host_rates(rates), file=sys.stderr if args.json else sys.stdout)
+    p = plan(cfg, args.memory_fraction, args.tokens_per_param, rates)
     print(report.plan_json(cfg, p) if args.json else report.format_plan(cfg, p))
     if args.measure:
         from distlm.plan.measure import format_measurement, measure

@@ -9,19 +9,22 @@ the malloc arenas and library pages that make RSS a poor yardstick. Timing runs 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
 import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from distlm.config import Config
 from distlm.model.llama import build_model
 from distlm.plan.memory_model import MemoryBreakdown, estimate
-from distlm.plan.planner import Plan, is_bf16, layout_for, local_batch
+from distlm.plan.planner import HostRates, Plan, is_bf16, layout_for, local_batch
 
 WARMUP_STEPS = 2  # step 1 allocates AdamW states; step 2 is the first steady-state step
 
@@ -82,8 +85,19 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, batch, autocast) -> None
     opt.zero_grad(set_to_none=True)
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor really holds: a DTensor's local shard; a tensor subclass (torchao's 8-bit
+    optimizer state) by its inner tensors (codes, scales, code table), not its logical dtype."""
+    if isinstance(t, DTensor):
+        t = t.to_local()
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor:
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def _state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, int, int]:
-    size = lambda t: t.numel() * t.element_size()
+    size = tensor_bytes
     grads = sum(size(p.grad) for p in model.parameters() if p.grad is not None)
     states = sum(size(v) for s in opt.state.values() for k, v in s.items() if k != "step")
     return sum(size(p) for p in model.parameters()), grads, states
@@ -135,7 +149,8 @@ def measure(cfg: Config, steps: int = 6) -> Measurement:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     lay = layout_for(cfg, "ddp", cfg.parallel.activation_checkpointing, micro)
-    lay = type(lay)(**{**lay.__dict__, "world_size": 1, "device": device.type})
+    # one plain rank: the configured optimizer and loss chunking, no sharding, no offload
+    lay = dataclasses.replace(lay, world_size=1, device=device.type, offload="none")
     return Measurement(
         device.type,
         micro,
@@ -189,3 +204,39 @@ def format_measurement(cfg: Config, p: Plan, m: Measurement) -> str:
     err = (m.peak_bytes - peak_pred) / peak_pred if peak_pred else 0.0
     lines.append(f"peak: measured is {err:+.1%} off the model")
     return "\n".join(lines)
+
+
+def measure_host_rates(numel: int = 10_000_000, repeats: int = 3) -> HostRates:
+    """Seconds per parameter of an optimizer step on this host's CPU, as offload runs it:
+    DeepSpeed's CPU Adam (ZeRO-Offload; its op JIT-builds on first use, 2-3 min cold) and
+    torch's AdamW on CPU tensors (FSDP2 CPUOffloadPolicy). Best of `repeats` warm steps."""
+
+    def rate(make_opt) -> float:
+        p = nn.Parameter(torch.zeros(numel))
+        p.grad = torch.full_like(p, 1e-3)
+        opt = make_opt([p])
+        opt.step()  # allocates the states
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            opt.step()
+            best = min(best, time.perf_counter() - start)
+        return best / numel
+
+    torch_rate = rate(lambda ps: torch.optim.AdamW(ps, lr=1e-3))
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        ds_rate = rate(lambda ps: DeepSpeedCPUAdam(ps, lr=1e-3))
+    except Exception as e:  # no compiler / headers for the JIT build: keep the default figure
+        print(f"DeepSpeedCPUAdam unavailable here ({type(e).__name__}); using the default rate")
+        ds_rate = HostRates().cpu_adam_s_per_param
+    return HostRates(ds_rate, torch_rate, "measured on this host")
+
+
+def format_host_rates(r: HostRates) -> str:
+    return (
+        f"host optimizer step ({r.source}): DeepSpeedCPUAdam {r.cpu_adam_s_per_param * 1e9:.2f} "
+        f"ns/param (ZeRO-Offload), torch AdamW on CPU {r.torch_adamw_s_per_param * 1e9:.2f} "
+        f"ns/param (FSDP2 offload)"
+    )

@@ -47,6 +47,9 @@ def _row_cells(r: Row, token_budget: float) -> list[str]:
     return [
         ("* " if r.configured else "  ") + r.strategy,
         "on" if r.activation_checkpointing else "off",
+        "8bit" if r.optimizer == "adamw8bit" else r.optimizer,
+        r.offload,
+        f"{r.loss_chunk_tokens}" if r.loss_chunk_tokens else "off",
         f"{r.micro_batch_size}" if r.micro_batch_size else "0",
         f"{m.params / GB:.2f}",
         f"{m.grads / GB:.2f}",
@@ -55,7 +58,8 @@ def _row_cells(r: Row, token_budget: float) -> list[str]:
         f"{m.logits / GB:.2f}",
         f"{other / GB:.2f}",
         f"{m.peak / GB:.2f}",
-        fits,
+        f"{m.host / GB:.1f}" if m.host else "-",
+        fits if r.host_fits else "RAM",
         tps,
         _num(r.tokens_per_s * 86400) if r.tokens_per_s else "-",
         f"{r.mfu:.0%}" if r.mfu else "-",
@@ -66,6 +70,9 @@ def _row_cells(r: Row, token_budget: float) -> list[str]:
 PLAN_COLUMNS = [
     "strategy",
     "AC",
+    "optim",
+    "offload",
+    "loss chunk",
     "micro",
     "params GB",
     "grads GB",
@@ -74,6 +81,7 @@ PLAN_COLUMNS = [
     "logits GB",
     "other GB",
     "peak GB",
+    "host GB",
     "fits",
     "tokens/s",
     "tokens/day",
@@ -100,7 +108,9 @@ def format_plan(cfg: Config, p: Plan) -> str:
     notes = (
         "* = configured (micro-batch as configured); other rows use the largest micro-batch "
         "that divides the local batch and fits. 'other' = gathered layers + autocast weight "
-        "copies + CUDA context. Speeds assume an MFU per GPU class (distlm/plan/flops.py)."
+        "copies + CUDA context. Speeds assume an MFU per GPU class (distlm/plan/flops.py). "
+        "host GB = offloaded states in host RAM (fits 'RAM': the card holds it, host RAM "
+        "does not); offload rows add the host's optimizer step and PCIe copies to each step."
     )
     return "\n".join([plan_header(cfg, p), "", table(PLAN_COLUMNS, rows), notes, "", *p.advice])
 
