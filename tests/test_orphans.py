@@ -139,9 +139,12 @@ def _armed_pool_workers(pid: int) -> list[int]:
 def test_pretokenize_workers_die_when_the_main_process_is_killed(tiny_dataset, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    stdlib = Path(os.__file__).parent
-    for i, src in enumerate(sorted(stdlib.glob("[a-m]*.py"))[:40]):
-        (corpus / f"{i:04d}.txt").write_bytes(src.read_bytes())
+    # ~8 MB: seconds of encoding, so the job is far from done when both workers are armed
+    size, sources = 0, sorted(Path(os.__file__).parent.glob("*.py"))
+    for i, src in enumerate(sources * 8):
+        size += (corpus / f"{i:04d}.txt").write_bytes(src.read_bytes())
+        if size > 8_000_000:
+            break
     cmd = [
         sys.executable,
         "-m",

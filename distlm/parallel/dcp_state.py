@@ -37,8 +37,29 @@ def async_save_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pat
     from torch.distributed.checkpoint import async_save
 
     return async_save(
-        dcp_state(model, optimizer), checkpoint_id=str(path), process_group=checkpoint_group()
+        dcp_state(model, optimizer),
+        checkpoint_id=str(path),
+        process_group=checkpoint_group(),
+        async_stager=_staging(),
     )
+
+
+_stager = None
+
+
+def _staging():
+    """One stager for the process: it keeps its CPU copy of every tensor between saves, so a
+    save after the first only copies into memory it already has (the first also allocates and
+    faults in pages: 3x the stall of a synchronous save for model=tiny on CPU). The cost is one
+    resident copy of model + optimizer state; it is reused only after the previous write ended
+    (CheckpointManager.save waits for it first)."""
+    global _stager
+    if _stager is None:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        cuda = torch.cuda.is_available()  # pinned buffers speed up device-to-host copies
+        _stager = DefaultStager(StagingOptions(cuda, False, False, False))
+    return _stager
 
 
 _group: tuple[object, dist.ProcessGroup] | None = None  # (the default group it was made for, it)
