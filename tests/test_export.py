@@ -238,10 +238,19 @@ def test_cli_bf16_sharded_export_and_refusals(exported, tmp_path, capsys):
     with torch.no_grad():
         diff = (ours_from(run_dir)(tokens) - hf.float()(tokens).logits).abs().max().item()
     assert diff < 0.1, diff  # bf16 weights
+    ours = ours_from(run_dir)  # the sharded bf16 folder imports as the bf16-rounded weights
+    want = {k: v.to(torch.bfloat16).float() for k, v in ours.state_dict().items()}
+    assert load_hf_weights(ours, out) == len(want)
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in want.items())
 
     assert distlm_main(cmd) == 2
     err = capsys.readouterr().err
     assert f"export: error: {out}: already exists; choose a new output directory" in err
+    assert (
+        distlm_main(["export", str(run_dir), str(tmp_path / "x"), "--max-shard-size", "5XB"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "export: error: --max-shard-size '5XB': expected a positive size such as 5GB" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left
 
 
