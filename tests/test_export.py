@@ -287,3 +287,22 @@ def test_tokenizer_card_is_not_named_like_hugging_face(tiny_dataset, tmp_path):
     assert find_card(model) == tmp_path / "tokenizer.json"
     (tmp_path / "tokenizer_card.json").write_text("{}")
     assert find_card(model) == tmp_path / "tokenizer_card.json"
+
+
+def test_init_from_refuses_what_our_block_lacks(exported, tmp_path):
+    run_dir, folder = exported["gqa_tied_padded"]
+    copy = tmp_path / "llama3"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.pop("rope_parameters")
+    config |= {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}, "attention_bias": True}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError) as e:
+        load_hf_weights(ours_from(run_dir), copy)
+    assert str(e.value) == (
+        f"{copy}/config.json: not a model distlm can load: attention_bias=true; "
+        "RoPE scaling 'llama3'"
+    )
+    (copy / "config.json").unlink()
+    with pytest.raises(ExportError, match=f"{copy}/config.json: missing; expected a Hugging"):
+        load_hf_weights(ours_from(run_dir), copy)
