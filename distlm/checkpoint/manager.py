@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.api import CheckpointException
 
 from distlm.checkpoint.async_commit import background_commit
 from distlm.checkpoint.integrity import (
@@ -44,6 +43,15 @@ from distlm.config import Config
 from distlm.config_loader import to_yaml
 from distlm.parallel.base import Strategy
 from distlm.train.fault import debug_pause
+
+
+def _dcp_exception() -> type[BaseException]:
+    """DCP's exception type, imported when an error is being handled (an `except` clause's
+    types are evaluated only then): torch.distributed.checkpoint costs ~1.3 s to import."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
 
 STATE_DIR = "state"
 # checkpoints of strategies in one family load into each other (DCP reshards on load)
@@ -148,7 +156,7 @@ class CheckpointManager:
             return
         try:
             committing.result()
-        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+        except (Exception, _dcp_exception()) as e:  # DCP's is a BaseException
             raise CheckpointError(
                 f"asynchronous checkpoint failed ({_failure_text(e)}); `latest` still names the "
                 f"previous complete checkpoint"
@@ -205,7 +213,7 @@ class CheckpointManager:
             strategy.load(state_dir)  # ZeRO strategies read DCP checkpoints themselves
         except CheckpointError:  # the strategy's own, already precise
             raise
-        except (Exception, CheckpointException) as e:  # DCP's is a BaseException: name the dir
+        except (Exception, _dcp_exception()) as e:  # DCP's is a BaseException: name the dir
             raise CheckpointError(
                 f"{path / STATE_DIR}: cannot load model/optimizer state "
                 f"({_failure_text(e)}); {_alternatives(path)}"
@@ -258,7 +266,7 @@ def _failure_text(e: BaseException) -> str:
     """The whole error, one `rank r: Type: message` per failed rank for DCP's wrapper (whose own
     text is every rank's traceback)."""
     failures = getattr(e, "failures", None)
-    if isinstance(e, CheckpointException) and failures:
+    if isinstance(e, _dcp_exception()) and failures:
         return "; ".join(
             f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in failures.items()
         )
