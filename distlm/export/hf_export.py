@@ -31,6 +31,7 @@ from distlm.export.safetensors_folder import save_folder
 from distlm.model.llama import build_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}  # config.json's spelling
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's customary 5 GB shards
 
 
@@ -88,6 +89,27 @@ def _check_out_dir(out_dir: Path) -> None:
         )
 
 
+def _write_folder(
+    out_dir: Path, files: dict[str, dict], tensors: dict, max_shard_bytes: int, meta: dict
+) -> list[str]:
+    """JSON files and weights into a temporary sibling, renamed to out_dir when complete."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed export's leftovers
+    tmp.mkdir(parents=True)
+    try:
+        for name, obj in files.items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        written = save_folder(tensors, tmp, max_shard_bytes, meta)
+        for name in written:  # safetensors writes 0600; give the weights the json files' mode
+            (tmp / name).chmod((tmp / "config.json").stat().st_mode & 0o777)
+        _check_out_dir(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
 def export(
     source: Path,
     out_dir: Path,
@@ -113,25 +135,11 @@ def export(
         )
     specials = {k: i for k, (i, _) in hf_tokenizer.special_tokens(proto).items()}
     files = hf_tokenizer.tokenizer_files(tok_path, cfg.max_seq_len)
-    files["config.json"] = hf_config.hf_config(cfg, specials, str(DTYPES[dtype]).split(".")[1])
+    files["config.json"] = hf_config.hf_config(cfg, specials, DTYPE_NAMES[dtype])
     files["generation_config.json"] = hf_config.generation_config(cfg, specials, cfg.vocab_size)
     tensors = {k: v.to(DTYPES[dtype]) for k, v in to_hf(weights, cfg).items()}
     meta = {"distlm_checkpoint": str(checkpoint), "distlm_step": str(state["step"])}
-
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # a killed export's leftovers
-    tmp.mkdir(parents=True)
-    try:
-        for name, obj in files.items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-        written = save_folder(tensors, tmp, max_shard_bytes, meta)
-        for name in written:  # safetensors writes 0600; give the weights the json files' mode
-            (tmp / name).chmod((tmp / "config.json").stat().st_mode & 0o777)
-        _check_out_dir(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    written = _write_folder(out_dir, files, tensors, max_shard_bytes, meta)
     return {
         "out_dir": str(out_dir),
         "checkpoint": str(checkpoint),
