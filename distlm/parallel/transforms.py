@@ -1,8 +1,10 @@
 """Model transforms applied before a strategy wraps the model (torchtitan's order).
 
-Order, fixed in `parallelize()`: activation checkpointing -> torch.compile -> strategy.
-Checkpointing wraps each block, compile then compiles each (wrapped) block, and the strategy
-shards / wraps last so its hooks sit outside compiled regions.
+Order, fixed in `parallelize()`: FP8 Linears (parallel/float8.py) -> activation checkpointing
+-> torch.compile -> strategy. FP8 swaps modules first so checkpointing and compile see the
+float8 Linears (compile fuses their casts), checkpointing wraps each block, compile then compiles
+each (wrapped) block, and the strategy shards / wraps last so its hooks sit outside compiled
+regions.
 """
 
 from __future__ import annotations
