@@ -6,9 +6,10 @@ and verified before anything is loaded.
 
 A flipped byte that keeps the size is caught by the checksum; a truncated or missing file by the
 size, before any file is hashed. The hash is xxHash's XXH3-64: not cryptographic (it guards against
-disk, copy and transfer corruption, not against an attacker), and far faster than storage: 21.6
-GB/s on one core of the 2-core CI VM against 1.2 for sha256 and 0.6 for blake2b, while the same
-VM writes + fsyncs at 0.32 GB/s (bench/RESULTS.md, "checkpoint checksums"). Every rank hashes
+disk, copy and transfer corruption, not against an attacker), and faster than storage: 6.6 GB/s
+on one core of the loaded 2-core CI VM against 0.74 for sha256 and 0.38 for blake2b, while the
+same VM writes + fsyncs at 0.2-1.2 GB/s (`bench/bench_checkpoint.py`, bench/RESULTS.md,
+"Checkpoint checksums and asynchronous saves"). Every rank hashes
 its share of the files (the page cache still holds what was just written), rank 0 writes the
 listing; on load every rank checks its share and all ranks raise the same error.
 
@@ -34,8 +35,8 @@ FORMAT = 2
 def file_digest(path: Path) -> str:
     """XXH3-64 of a file's bytes, as 16 hex digits.
 
-    Hashed through a memory map: no copy into a buffer (9.6-9.9 GB/s on a cached 0.5 GB shard
-    of the CI VM against 1.9-4.7 GB/s through `readinto`)."""
+    Hashed through a memory map: no copy into a buffer (bench/RESULTS.md: reading through
+    `readinto` made verifying cost 31 % of a 124m load's wall time)."""
     h = xxhash.xxh3_64()
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size:  # mmap refuses an empty file

@@ -19,7 +19,9 @@ Test fault injection (never set in production; read once from the environment):
                                        NaN batch, a loss spike
     DISTLM_DEBUG_PAUSE="checkpoint@4=30"  sleep 30 s inside the save of step 4, after the state
                                        is written and before the commit (rename + `latest`);
-                                       "step@5=3" sleeps at the end of step 5 (a window to kill in)
+                                       "step@5=3" sleeps at the end of step 5 (a window to kill in);
+                                       "commit@8=30" sleeps in the background commit of step 8's
+                                       asynchronous save (checkpoint.async_save), files written
 """
 
 from __future__ import annotations
