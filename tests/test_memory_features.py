@@ -158,3 +158,25 @@ def test_offloaded_fsdp2_host_bytes_equal_the_planner():
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert sum(_state_bytes(model, opt)) == host_bytes(cfg.model, lay)
     assert state_bytes(cfg.model, lay) == (0, 0, 0)
+
+
+def test_offload_beyond_this_machines_ram_is_refused_before_step_0(tmp_path):
+    from distlm.config import ConfigError
+    from distlm.train.trainer import train
+
+    cfg = load_config(
+        [
+            "model=1.9b",
+            "model.n_layers=400",  # ~24B params: 16 bytes each offloaded exceed any test machine
+            "model.max_seq_len=256",
+            "parallel.strategy=fsdp2",
+            "parallel.offload=all",
+            f"data.path={tmp_path / 'no-data'}",  # never read: the check comes first
+            f"logging.run_dir={tmp_path}",
+        ]
+    )
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert msg.startswith("parallel.offload=all with parallel.strategy=fsdp2 needs ")
+    assert "GB of host RAM on this node" in msg and "`python -m distlm plan`" in msg

@@ -12,11 +12,11 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from distlm.config import OFFLOAD_STRATEGIES, OPTIMIZERS, STRATEGIES, Config
+from distlm.config import OFFLOAD_STRATEGIES, OPTIMIZERS, STRATEGIES, Config, ConfigError
 from distlm.model.llama import count_params
 from distlm.plan.comm_model import PCIE4_X16_GBPS, estimate_comm
 from distlm.plan.flops import predict_speed
-from distlm.plan.memory_model import Layout, MemoryBreakdown, estimate
+from distlm.plan.memory_model import Layout, MemoryBreakdown, estimate, host_bytes
 
 # Leave 10 % of the card for the caching allocator's fragmentation and NCCL buffers we do not
 # model (PyTorch CUDA caching allocator docs: reserved exceeds allocated by 5-15 % in practice).
@@ -367,3 +367,25 @@ def needed_world_size(cfg: Config, p: Plan) -> str:
                 f"micro-batch 1 fits from {w} ranks of this card"
             )
     return "nothing fits even at 512 ranks: choose a smaller model or a shorter train.seq_len"
+
+
+def check_host_ram(cfg: Config, world_size: int, local_ranks: int) -> None:
+    """parallel.offload: refuse before step 0 when the offloaded states of this node's ranks do
+    not fit 90 % of this machine's RAM (the planner's rule), naming what would."""
+    if cfg.parallel.offload == "none":
+        return
+    lay = dataclasses.replace(
+        layout_for(cfg, cfg.parallel.strategy, cfg.parallel.activation_checkpointing, 1),
+        world_size=world_size,
+    )
+    need = host_bytes(cfg.model, lay) * local_ranks
+    ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if need > DEFAULT_MEMORY_FRACTION * ram:
+        raise ConfigError(
+            f"parallel.offload={cfg.parallel.offload} with parallel.strategy="
+            f"{cfg.parallel.strategy} needs {need / 1e9:.1f} GB of host RAM on this node "
+            f"({local_ranks} rank(s)) for the offloaded states of model {cfg.model.name}; this "
+            f"machine has {ram / 1e9:.1f} GB ({DEFAULT_MEMORY_FRACTION:.0%} usable). Use more "
+            f"GPUs with parallel.offload=none, train.optimizer=adamw8bit, or a smaller model: "
+            f"`python -m distlm plan` lists what fits"
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from distlm.model import build_model
 from distlm.parallel import Strategy, build_strategy, init_distributed, parallelize
 from distlm.parallel.base import train_dtype
 from distlm.parallel.env import all_reduce_mean, launch_world_size
+from distlm.plan.planner import check_host_ram  # parallel.offload: host RAM before step 0
 from distlm.train.fault import EXIT_REQUEUE, PreemptionWatch, debug_pause, injected_loss_factor
 from distlm.train.metrics import MetricsLogger, peak_memory_gb
 from distlm.train.numerics import (
@@ -54,6 +56,7 @@ def train(cfg: Config) -> TrainResult:
     # ---- setup ----------------------------------------------------------------------------
     # config errors first, before the rendezvous: every rank refuses alone, with the same line
     derived = resolve(cfg, launch_world_size())
+    check_host_ram(cfg, derived.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     env = init_distributed(cfg.train.device, cfg.parallel.timeout_minutes)
     run_dir = Path(cfg.logging.run_dir)
     log = MetricsLogger(cfg, run_dir, enabled=env.is_main, world_size=env.world_size)
