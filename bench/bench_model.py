@@ -37,7 +37,10 @@ from distlm.config_loader import load_config  # noqa: E402
 from distlm.model import build_model, count_params  # noqa: E402
 from distlm.model.llama import ffn_hidden, padded_vocab  # noqa: E402
 from distlm.parallel.float8 import Float8Plan, apply_float8  # noqa: E402
-from distlm.parallel.transforms import apply_compile  # noqa: E402
+from distlm.parallel.transforms import (  # noqa: E402
+    apply_activation_checkpointing,
+    apply_compile,
+)
 from distlm.plan.measure import LiveTensorBytes  # noqa: E402
 
 
@@ -92,13 +95,17 @@ def make_side(
     compile: bool,
     batch,
     fp8: Float8Plan | None = None,
+    checkpointing: bool = False,
 ) -> Side:
-    """`name` "distlm" (with `fp8` applied first, as `parallelize` does) or "peer"."""
+    """`name` "distlm" (transforms in `parallelize`'s order: FP8, checkpointing, compile) or
+    "peer"."""
     torch.manual_seed(0)
     if name == "distlm":
         model = build_model(cfg, device)
         if fp8 is not None:
             apply_float8(model, fp8, "ddp")
+        if checkpointing:
+            apply_activation_checkpointing(model)
         if compile:
             apply_compile(model)
         forward = lambda: model(batch[0], batch[1])  # noqa: E731
@@ -149,14 +156,17 @@ class _LiveBytes(LiveTensorBytes):
             super().track(t)
 
 
-def peak_step_bytes(side: Side, batch, device: torch.device) -> int:
-    """Peak bytes of one steady-state step (params, grads, AdamW states, activations)."""
+def peak_step_bytes(side: Side, batch, device: torch.device) -> int | None:
+    """Peak bytes of one steady-state step (params, grads, AdamW states, activations); None for
+    a compiled model on CPU (torch.compile refuses to run under the counting dispatch mode)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
         side.step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(device)
+    if any(hasattr(m, "_orig_mod") for m in side.model.modules()):
+        return None
     tracker = _LiveBytes()
     opt_state = (v for s in side.optimizer.state.values() for v in s.values())
     for t in [*side.model.parameters(), *side.model.buffers(), *batch, *opt_state]:
@@ -171,9 +181,9 @@ def peak_step_bytes(side: Side, batch, device: torch.device) -> int:
 @dataclass
 class Comparison:
     tokens_per_s: dict[str, float]  # median over rounds
-    peak_bytes: dict[str, int]
+    peak_bytes: dict[str, int | None]  # None: not measurable (compiled, on CPU)
     speed_ratio: tuple[float, float, float, int]  # ours / peer: min, median, max, n
-    memory_ratio: float  # ours / peer
+    memory_ratio: float  # ours / peer (nan when not measurable)
 
 
 def compare(
@@ -206,7 +216,7 @@ def compare(
         {"peer": statistics.median(res.a), "distlm": statistics.median(res.b)},
         mem,
         (res.min, res.median, res.max, res.n),
-        mem["distlm"] / mem["peer"],
+        mem["distlm"] / mem["peer"] if mem["distlm"] and mem["peer"] else float("nan"),
     )
 
 
@@ -239,10 +249,11 @@ def main(argv: list[str]) -> None:
     unit = "tokens/s" if device.type == "cuda" else "tokens per CPU-second"
     print(f"  {unit}   peer {c.tokens_per_s['peer']:,.0f}  distlm {c.tokens_per_s['distlm']:,.0f}")
     print(f"  speed ratio distlm / peer: median {med:.3f} (min {lo:.3f}, max {hi:.3f}, n={n})")
-    print(
-        f"  peak step memory  peer {c.peak_bytes['peer'] / 1e6:,.1f} MB  distlm "
-        f"{c.peak_bytes['distlm'] / 1e6:,.1f} MB  ratio {c.memory_ratio:.3f}"
-    )
+    if c.peak_bytes["distlm"] and c.peak_bytes["peer"]:
+        print(
+            f"  peak step memory  peer {c.peak_bytes['peer'] / 1e6:,.1f} MB  distlm "
+            f"{c.peak_bytes['distlm'] / 1e6:,.1f} MB  ratio {c.memory_ratio:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def run_variant(
     del side
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Row(cfg.model.name, variant, f"{micro} x {seq}", tps, mfu, peak / 1e9, pred / 1e9)
+    peak_gb = peak / 1e9 if peak is not None else 0.0  # None: compiled on CPU (not measured)
+    return Row(cfg.model.name, variant, f"{micro} x {seq}", tps, mfu, peak_gb, pred / 1e9)
 
 
 def table(rows: list[Row], title: str, notes: list[str]) -> str:
