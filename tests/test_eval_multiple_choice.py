@@ -112,6 +112,23 @@ def test_distlm_eval_at_1_and_2_processes_equals_the_in_loop_result(trained, tas
     assert one["tasks"]["probe"]["acc_norm"] == row["eval_probe/acc_norm"]
 
 
+def test_in_loop_eval_of_a_sharded_model_on_2_ranks(tiny_dataset, task_file, tmp_path):
+    """FSDP2 needs every rank in every forward: rank 0 scores 18 batches, rank 1 17 + a spare."""
+    steps = [a for a in TRAIN if not a.startswith("train.steps")] + ["train.steps=3"]
+    args = [*steps, "train.warmup_steps=1", "parallel.strategy=fsdp2", "train.device=cpu"]
+    args += [f"data.path={tiny_dataset}", f"logging.run_dir={tmp_path}"]
+    torchrun(["launch/train.py", *args, f"eval.tasks=[{task_file}]"], nproc=2)
+    row = in_loop_metrics(tmp_path)
+    model, cfg, _ = load_checkpoint_model(tmp_path, torch.device("cpu"))
+    task = load_task(task_file)
+    alone = evaluate_task(model, task, load_tokenizer(str(tiny_dataset)), cfg.train.seq_len, BATCH)
+    assert (row["step"], row["eval_probe/acc"], row["eval_probe/acc_norm"]) == (
+        3,
+        alone["acc"],
+        alone["acc_norm"],
+    )
+
+
 LM_EVAL_TASK = """\
 task: distlm_probe
 dataset_path: json
