@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distlm.data.readers import ReadOptions, SourceStats, iter_piece_texts, normalize
-from distlm.data.work_units import WorkUnit
+from distlm.data.work_units import WorkUnit, read_piece
 
 ENCODE_BATCH_BYTES = 1 << 20  # texts handed to sentencepiece at once (batch encode is ~2x faster)
 _SPLIT_KEY = b"distlm-split-v1"
@@ -75,7 +75,7 @@ def encode_unit(unit: WorkUnit) -> UnitResult:
             lengths.append(len(ids) + 1)
         batch.clear()
 
-    for piece in unit.pieces:
+    for piece in map(read_piece, unit.pieces):
         counts = SourceStats(stats.get(piece.source))
         first_doc = len(lengths) + len(batch)
         for text in iter_piece_texts(piece, settings.read, counts):

@@ -169,7 +169,7 @@ def _run(
     }
     sources = [SourceStats(v) for v in journal.sources] or [SourceStats() for _ in opts.inputs]
     settings = EncodeSettings(tok.proto, opts.read, opts.val_fraction, dtype.name)
-    units = iter_units(opts.inputs, opts.read, opts.unit_bytes)
+    units = iter_units(opts.inputs, opts.read, opts.unit_bytes, read_txt=False)  # workers read
     progress = Progress(sum(i.bytes for i in opts.inputs), enabled=opts.progress)
     for result, unit in _map_ordered(units, settings, opts.workers, journal.restart_unit, progress):
         skip = journal.skip if unit.index == journal.restart_unit else {}

@@ -35,7 +35,7 @@ class InputFile:
     def key(self) -> dict:
         """What identifies this input in a dataset's fingerprint (text_field only when set, so
         datasets made before per-input fields existed keep theirs)."""
-        key = dataclasses.asdict(self)
+        key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deepcopy
         if not self.text_field:
             del key["text_field"]
         return key

@@ -1,14 +1,15 @@
 """Cut the inputs into ordered work units, in the main process.
 
-A unit is a list of pieces of ~`unit_bytes` of text: whole txt files, runs of complete jsonl lines
-(decompressed here, so .gz / .zst files are split too) or ranges of parquet row groups (read by the
-worker). Units depend only on the inputs and `unit_bytes`, never on the number of workers, so
-writing results in unit order gives the same shards at any worker count. Units are generated
-lazily: the main process never holds more than the units in flight.
+A unit is a list of pieces of ~`unit_bytes` of text: whole txt files (read by the worker), runs
+of complete jsonl lines (decompressed here, so .gz / .zst files are split too) or ranges of parquet
+row groups (read by the worker). Units depend only on the inputs and `unit_bytes`, never on the
+number of workers, so writing results in unit order gives the same shards at any worker count.
+Units are generated lazily: the main process never holds more than the units in flight.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import zlib
 from collections.abc import Iterator
@@ -27,11 +28,16 @@ class WorkUnit:
     text_bytes: int = 0  # size of the pieces, to decide when the unit is full
 
 
-def iter_units(inputs: list[InputFile], opts: ReadOptions, unit_bytes: int) -> Iterator[WorkUnit]:
+def iter_units(
+    inputs: list[InputFile], opts: ReadOptions, unit_bytes: int, read_txt: bool = True
+) -> Iterator[WorkUnit]:
+    """`read_txt=False`: txt pieces carry only their path; the consumer calls `read_piece` (a
+    worker process, so the main process, which shares the cores, neither reads nor pickles text).
+    """
     unit = WorkUnit(0)
     for source, inp in enumerate(inputs):
         for piece, size, disk_bytes in _iter_pieces(source, inp, opts, unit_bytes):
-            unit.pieces.append(piece)
+            unit.pieces.append(read_piece(piece) if read_txt else piece)
             unit.text_bytes += size
             unit.disk_bytes += disk_bytes
             if unit.text_bytes >= unit_bytes:
@@ -47,10 +53,16 @@ def _iter_pieces(
     if inp.fmt == "parquet":
         yield from _parquet_pieces(source, inp, opts, unit_bytes)
     elif inp.fmt == "txt":
-        data = _read_file(inp.path)
-        yield Piece(source, "txt", inp.path, data), len(data), inp.bytes
+        yield Piece(source, "txt", inp.path), inp.bytes, inp.bytes  # read by `read_piece`
     else:
         yield from _jsonl_pieces(source, inp, unit_bytes)
+
+
+def read_piece(piece: Piece) -> Piece:
+    """A txt piece with its file's bytes (read in the worker); other pieces as they are."""
+    if piece.kind != "txt" or piece.data:
+        return piece
+    return dataclasses.replace(piece, data=_read_file(piece.path))
 
 
 def _read_file(path: str) -> bytes:
