@@ -110,6 +110,7 @@ def run_variant(
     mfu = tps * flops_per_token(cfg) / (peak_tflops * 1e12) if peak_tflops else 0.0
     pred = predicted_peak_bytes(cfg, micro, device) if side_name == "distlm" else 0
     del side
+    torch._dynamo.reset()  # drop compiled graphs (and what they hold) before the next model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peak_gb = peak / 1e9 if peak is not None else 0.0  # None: compiled on CPU (not measured)
