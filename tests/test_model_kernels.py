@@ -146,3 +146,21 @@ def test_block_saves_no_more_than_the_derivation():
     c, kv, f, h = 64, 32, 256, 4
     per_token = 2 * (4 * c + 4 + 4 * c) + 4 * (c + 2 * kv) + 4 * c + 4 * h + 12 * f
     assert sum(saved.values()) == b * t * per_token
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_kernels_match_the_cpu_model():
+    """On CUDA RMSNorm takes torch's fused kernel: same loss and grads as the CPU path (fp32)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=200, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2)
+    cpu = build_model(cfg)
+    gpu = build_model(cfg, "cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    tokens, targets = torch.randint(0, 200, (2, 2, 24))
+    grads = []
+    for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        loss = loss_of(model(tokens.to(dev)), targets.to(dev))
+        grads.append([g.cpu() for g in torch.autograd.grad(loss, list(model.parameters()))])
+    for g_cpu, g_gpu in zip(*grads, strict=True):
+        torch.testing.assert_close(g_gpu, g_cpu, rtol=1e-3, atol=1e-5)
