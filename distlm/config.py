@@ -225,18 +225,18 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value} must be > 0")
     if t.warmup_steps > t.steps:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} exceeds train.steps={t.steps}")
-    validate_memory_features(cfg)
-
-
-# which strategies can offload what, and which can step 8-bit AdamW (see distlm/parallel/)
-OFFLOAD_STRATEGIES = {
-    "optimizer": ("fsdp2", "zero1", "zero2", "zero3"),
     if cfg.checkpoint.async_save and p.strategy not in ("ddp", "fsdp2"):
         raise ConfigError(
             f"checkpoint.async_save=true needs torch.distributed.checkpoint "
             f"(parallel.strategy=ddp or fsdp2); parallel.strategy={p.strategy} saves through "
             f"DeepSpeed, synchronously: set checkpoint.async_save=false"
         )
+    validate_memory_features(cfg)
+
+
+# which strategies can offload what, and which can step 8-bit AdamW (see distlm/parallel/)
+OFFLOAD_STRATEGIES = {
+    "optimizer": ("fsdp2", "zero1", "zero2", "zero3"),
     "all": ("fsdp2", "zero3"),
 }
 OPTIMIZERS = {"adamw": STRATEGIES, "adamw8bit": ("ddp", "fsdp2")}
