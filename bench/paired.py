@@ -7,7 +7,7 @@ with n. The median is the figure to quote; min/max say how noisy the machine was
 
     from paired import paired, timed   # a bench/ script: its folder is on sys.path
     result = paired("bare loop", run_bare, "trainer", run_trainer, rounds=5)
-    print(result.line())            # "trainer / bare loop: median 0.981 (min 0.952, max 1.004, n=5)"
+    print(result.line())  # "trainer / bare loop: median 0.981 (min 0.952, max 1.004, n=5)"
 
 Each `run_*` callable returns a figure where higher is better (tokens/s), or a `Timing` (seconds,
 lower is better: the ratio is then inverted so >1 always means B is faster).
@@ -15,6 +15,7 @@ lower is better: the ratio is then inverted so >1 always means B is faster).
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -94,8 +95,11 @@ def paired(
         a, b = result.a[-1], result.b[-1]
         result.ratios.append(b / a if higher else a / b)
         if verbose:
-            print(f"  round {i + 1}/{rounds}: {name_a} {a:,.4g}  {name_b} {b:,.4g}  "
-                  f"ratio {result.ratios[-1]:.3f}", flush=True)
+            print(
+                f"  round {i + 1}/{rounds}: {name_a} {a:,.4g}  {name_b} {b:,.4g}  "
+                f"ratio {result.ratios[-1]:.3f}",
+                flush=True,
+            )
     return result
 
 
@@ -111,3 +115,25 @@ def cpu_timed(fn: Callable[[], object]) -> Timing:
     start = time.process_time()
     fn()
     return Timing(time.process_time() - start)
+
+
+def cpu_with_children_timed(fn: Callable[[], object]) -> Timing:
+    """CPU time of this process and of the child processes it reaped during the call (a worker
+    pool's processes are reaped when the pool closes): the work a multi-process job cost."""
+    start = _cpu_all()
+    fn()
+    return Timing(_cpu_all() - start)
+
+
+def _cpu_all() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def from_pairs(
+    name_a: str, a: list[float], name_b: str, b: list[float], timings: bool
+) -> PairedResult:
+    """A PairedResult from figures already taken alternately (e.g. the CPU seconds recorded beside
+    the wall times of one `paired` run); `timings`: lower is better, so ratios are a / b."""
+    ratios = [x / y if timings else y / x for x, y in zip(a, b, strict=True)]
+    return PairedResult(name_a, name_b, list(a), list(b), ratios)
