@@ -213,6 +213,7 @@ def speed(
         accum,
         is_bf16(cfg),
         base.seconds_per_step,
+        grad_elem_bytes=2 if cfg.parallel.grad_comm_dtype == "bf16" else 4,
     )
     s = predict_speed(cfg, w, ac, comm.exposed_s + extra_s)
     return s.tokens_per_s, s.assumed_mfu
