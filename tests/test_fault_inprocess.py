@@ -77,6 +77,10 @@ def test_spike_rolls_back_to_last_checkpoint_and_skips_its_batches(data, tmp_pat
     # 12 updates, 15 batches: those of steps 5, 6, 7 before the rollback were skipped
     assert state["loader"]["batches_consumed"] == 15
     assert max(result.losses.values()) < 10  # the spike's update was thrown away
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]  # the retrained steps replaced their rows
+    assert [r["step"] for r in train_rows] == list(range(1, 13))
+    assert max(r["loss"] for r in train_rows) < 10
 
 
 def test_spike_without_rollback_only_logs(data, tmp_path, monkeypatch, capsys):

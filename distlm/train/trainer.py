@@ -134,6 +134,7 @@ def train(cfg: Config) -> TrainResult:
                     and (back := roll_back(ckpt, strategy, step, result, log)) is not None
                 ):
                     window.log(log, result, cfg, lr, grad_norm, env.device)
+                    log.rewind(back)  # the steps after `back` are trained again: one row each
                     step = back
                     continue
 
