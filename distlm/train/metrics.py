@@ -1,10 +1,10 @@
 """What a run reports: console lines, tensorboard scalars and metrics.jsonl (rank 0 only).
 
-One row per step, from the run that produced the final model: a resumed run first calls
-`rewind(step)`, which drops the rows of steps after the checkpoint it resumed from (they were
-trained by the killed run, whose later updates were lost) by rewriting metrics.jsonl under a
-temporary name and renaming it, and opens tensorboard with `purge_step` so that tensorboard
-discards the killed run's events from that step on.
+One row per step, from the run that produced the final model: a resumed run (and a spike
+rollback) calls `rewind(step)`, which drops the rows of steps after the checkpoint it loaded
+(their updates were lost or thrown away; the steps are trained again) by rewriting
+metrics.jsonl under a temporary name and renaming it, and reopens tensorboard with `purge_step`
+so that tensorboard discards the earlier events from that step on.
 """
 
 from __future__ import annotations
