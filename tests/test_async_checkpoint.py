@@ -26,9 +26,9 @@ def async_run(tiny_dataset, tmp_path_factory) -> dict:
     to the end: what was seen before the kill, and the rerun's output."""
     root = tmp_path_factory.mktemp("async")
     run, seen = root / "run", {}
-    # both ranks' commit threads wait 120 s after step 8's files are written, before the commit
+    # both ranks' commit threads wait (600 s: killed long before) once step 8's files are written
     job = Job(
-        args(tiny_dataset, run, ASYNC), root / "1.log", {"DISTLM_DEBUG_PAUSE": "commit@8=120"}
+        args(tiny_dataset, run, ASYNC), root / "1.log", {"DISTLM_DEBUG_PAUSE": "commit@8=600"}
     )
     try:
         job.wait_for(lambda: job.output().count("debug pause at commit@8") == 2)  # both ranks
