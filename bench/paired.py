@@ -59,7 +59,7 @@ class PairedResult:
         return (
             f"{self.name_b} / {self.name_a}: median {self.median:.3f} "
             f"(min {self.min:.3f}, max {self.max:.3f}, n={self.n}); "
-            f"medians {ma:,.4g}{suffix} vs {mb:,.4g}{suffix}"
+            f"medians {self.name_a} {ma:,.4g}{suffix}, {self.name_b} {mb:,.4g}{suffix}"
         )
 
 
