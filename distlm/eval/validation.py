@@ -49,7 +49,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    totals = None  # [nats, tokens, bytes], float64, summed over micro-batches
+    totals = torch.zeros(3, dtype=torch.float64, device=byte_lengths.device)  # nats, tokens, bytes
     for inputs, targets in val_loader:  # each (micro, T)
         rows = max(1, LOGITS_BUDGET_BYTES // (4 * targets.shape[1] * len(byte_lengths)))
         for x, y in zip(inputs.split(rows), targets.split(rows), strict=True):
@@ -57,13 +57,12 @@ def evaluate(
                 logits = model(x)  # (rows, T, V)
             nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
             num_bytes = byte_lengths.to(y.device)[y].sum()
-            part = torch.stack([nats, nats.new_tensor(y.numel()), num_bytes.to(nats)]).double()
-            totals = part if totals is None else totals + part
+            totals += torch.stack([nats, nats.new_tensor(y.numel()), num_bytes.to(nats)]).double()
     model.train(was_training)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)
     nats, tokens, num_bytes = totals.tolist()
-    return nats / tokens, bits_per_byte(nats, int(num_bytes))
+    return (nats / tokens if tokens else float("nan")), bits_per_byte(nats, int(num_bytes))
 
 
 class Validation:
