@@ -16,7 +16,6 @@ wait beyond the predicted exposure) and "data" (batch wait beyond the single ran
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from distlm.config import Config
@@ -25,7 +24,6 @@ from distlm.plan.comm_model import Link, Traffic, estimate_comm
 from distlm.plan.planner import is_bf16
 
 GRAD_ELEM_BYTES = {"fp32": 4, "bf16": 2}
-GAP_PARTS = ("compute slowdown", "exposed communication", "data")
 NEGLIGIBLE_POINTS = 2.0  # a gap below this many efficiency points needs no explanation
 
 
@@ -121,7 +119,3 @@ def counted_collective_bytes(row: dict) -> float:
 def modelled_collective_bytes(traffic: Traffic, n: int) -> float:
     """The same figure from the model: whole gradients, and the local shard of each gather."""
     return traffic.grad_bytes + (traffic.param_bytes / n if n else 0.0)
-
-
-def fmt_seconds(x: float) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.3f}"

@@ -17,7 +17,6 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 # the profiler's dtype names -> bytes per element
@@ -80,7 +79,3 @@ def _collective(ev) -> Collective:
             size += math.prod(shape) * DTYPE_BYTES[dt]
             dtype = dtype or dt
     return Collective(ev.name.split(":", 1)[1], dtype, size)
-
-
-def element_bytes(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
