@@ -8,6 +8,7 @@ setup / backward / step (the trainer's path without its data loader).
 
     .venv/bin/python bench/bench_memory.py memory   # model=124m, vocab 32k, seq 1024, micro 4
     .venv/bin/python bench/bench_memory.py speed    # paired tokens/s ratios per feature
+    .venv/bin/python bench/bench_memory.py loss     # head + loss alone (124m's shape), CPU time
     .venv/bin/python bench/bench_memory.py memory model.n_layers=2   # extra overrides
 """
 
@@ -25,7 +26,7 @@ from distlm.plan.measure import WARMUP_STEPS, _peak_bytes, _setup, _step
 from distlm.plan.memory_model import Layout, estimate
 
 sys.path.insert(0, os.path.dirname(__file__))
-from paired import paired  # noqa: E402
+from paired import cpu_timed, paired  # noqa: E402
 
 MEMORY_ARGS = [
     "model=124m",
@@ -139,14 +140,38 @@ def bench_speed(extra: list[str], rounds: int) -> None:
     print("\n".join("  " + line for line in lines))
 
 
+def bench_loss(rounds: int) -> None:
+    """Forward + backward of the head and loss alone at 124m's shape (4 x 1024 tokens, d_model
+    768, vocab 32k), plain vs chunked, in process CPU time (less skewed by a loaded machine)."""
+    from distlm.model.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1024, 768, generator=gen, requires_grad=True)
+    w = (torch.randn(32000, 768, generator=gen) * 0.02).requires_grad_()
+    y = torch.randint(0, 32000, (4, 1024), generator=gen)
+
+    def run(chunk: int):
+        def once() -> None:
+            linear_cross_entropy(x, w, y, chunk).backward()
+            x.grad = w.grad = None
+
+        return lambda: cpu_timed(once)
+
+    result = paired("plain loss", run(0), f"chunked loss ({CHUNK})", run(CHUNK), rounds=rounds)
+    print("head + loss fwd+bwd, 4 x 1024 tokens, d 768, vocab 32000, fp32 (ratio > 1: faster)")
+    print("  " + result.line("s"))
+
+
 def main(argv: list[str]) -> None:
-    what = argv[0] if argv and argv[0] in ("memory", "speed") else "all"
+    what = argv[0] if argv and argv[0] in ("memory", "speed", "loss") else "all"
     extra = [a for a in argv if "=" in a]
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     if what in ("memory", "all"):
         bench_memory(extra)
     if what in ("speed", "all"):
         bench_speed(extra, rounds)
+    if what in ("loss", "all"):
+        bench_loss(rounds)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class ModelConfig:
     init_std: float = (
         0.02  # std of the normal init; output projections scaled by 1/sqrt(2*n_layers)
     )
-    loss_chunk_tokens: int = 0  # tokens per chunk of the fused head + loss; 0 = plain logits
+    loss_chunk_tokens: int = 1024  # tokens per chunk of the fused head + loss; 0 = plain logits
     init_from: str = ""  # "hf:DIR": start from a Hugging Face Llama/Qwen3 folder; "" = random
 
 

@@ -23,6 +23,7 @@ from distlm.config_loader import load_config
 pytestmark = pytest.mark.slow
 CHUNK = "model.loss_chunk_tokens=24"  # 2 x 32 tokens per micro-batch: an uneven last chunk
 UNTIED = "model.tie_embeddings=false"
+PLAIN = "model.loss_chunk_tokens=0"  # the plain loss (the default is chunked, 1024 tokens)
 
 
 def losses(root: Path, name: str) -> dict[int, float]:
@@ -34,18 +35,18 @@ def losses(root: Path, name: str) -> dict[int, float]:
 def runs(tmp_path_factory, tiny_dataset) -> Path:
     root = tmp_path_factory.mktemp("offload")
     runs = [
-        ["fsdp2", "fsdp2", None],
-        ["fsdp2_off", "fsdp2", None, "parallel.offload=all"],
-        ["fsdp2_off_resume", "fsdp2", "fsdp2_off", "parallel.offload=all"],
+        ["fsdp2", "fsdp2", None, PLAIN],
+        ["fsdp2_off", "fsdp2", None, PLAIN, "parallel.offload=all"],
+        ["fsdp2_off_resume", "fsdp2", "fsdp2_off", PLAIN, "parallel.offload=all"],
         ["zero2", "zero2", None],
         ["zero2_off", "zero2", None, "parallel.offload=optimizer"],
         ["zero2_off_resume", "zero2", "zero2_off", "parallel.offload=optimizer"],
-        ["zero3", "zero3", None],
-        ["zero3_off", "zero3", None, "parallel.offload=all"],
+        ["zero3", "zero3", None, PLAIN],
+        ["zero3_off", "zero3", None, PLAIN, "parallel.offload=all"],
         ["ddp_chunk", "ddp", None, CHUNK],
         ["fsdp2_chunk", "fsdp2", None, CHUNK],
         ["zero3_chunk", "zero3", None, CHUNK],
-        ["fsdp2_untied", "fsdp2", None, UNTIED],
+        ["fsdp2_untied", "fsdp2", None, PLAIN, UNTIED],
         ["zero3_untied_chunk", "zero3", None, UNTIED, CHUNK],
     ]
     run_distributed(
