@@ -62,7 +62,12 @@ def task_file(tiny_dataset, tmp_path_factory) -> Path:
 def trained(tiny_dataset, task_file, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mc_run")
     args = [*TRAIN, f"data.path={tiny_dataset}", f"logging.run_dir={run_dir}"]
-    train(load_config([*args, f"eval.tasks=[{task_file}]"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # d_model 64: a second thread only adds synchronisation (and on a
+    try:  # loaded machine spins: 83 s instead of 15 s for these 150 steps)
+        train(load_config([*args, f"eval.tasks=[{task_file}]"]))
+    finally:
+        torch.set_num_threads(threads)
     return run_dir
 
 
