@@ -9,6 +9,7 @@ untrained 0.17-0.20 (three seeds), trained 150 steps 0.90.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -62,13 +63,21 @@ def task_file(tiny_dataset, tmp_path_factory) -> Path:
 def trained(tiny_dataset, task_file, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mc_run")
     args = [*TRAIN, f"data.path={tiny_dataset}", f"logging.run_dir={run_dir}"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # d_model 64: a second thread only adds synchronisation (and on a
-    try:  # loaded machine spins: 83 s instead of 15 s for these 150 steps)
+    with one_thread():
         train(load_config([*args, f"eval.tasks=[{task_file}]"]))
+    return run_dir
+
+
+@contextlib.contextmanager
+def one_thread():
+    """d_model 64: a second thread only adds synchronisation (and spins on a loaded machine:
+    83 s instead of 15 s for the 150 training steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return run_dir
 
 
 def in_loop_metrics(run_dir: Path) -> dict:
@@ -81,7 +90,8 @@ def test_untrained_model_is_at_chance(tiny_dataset, task_file):
     cfg = load_config(TRAIN).model
     for seed in (0, 1):
         torch.manual_seed(seed)
-        scores = evaluate_task(build_model(cfg), task, tokenizer, 64, BATCH)
+        with one_thread():
+            scores = evaluate_task(build_model(cfg), task, tokenizer, 64, BATCH)
         assert scores["acc"] < 0.45, scores  # chance 0.25; measured 0.17-0.20
 
 
