@@ -28,7 +28,8 @@ def check_eval_config(cfg: EvalConfig) -> None:
     check_at_least(limits, ConfigError)
 
 
-def _due(step: int, every: int, last: int) -> bool:
+def due(step: int, every: int, last: int) -> bool:
+    """Interval work (log, eval, checkpoint) runs every `every` steps (0 = never) and at the end."""
     return (every > 0 and step % every == 0) or step == last
 
 
@@ -50,11 +51,11 @@ class Evaluator:
         self, step: int, model: nn.Module, autocast: Callable = contextlib.nullcontext
     ) -> float | None:
         last, val_loss = self.cfg.train.steps, None
-        if self.validation and _due(step, self.cfg.train.eval_every_steps, last):
+        if self.validation and due(step, self.cfg.train.eval_every_steps, last):
             scalars = self.validation.run(model, autocast)
             self.log.log(step, scalars, prefix="val")
             val_loss = scalars["loss"]
-        if self.tasks and _due(step, self.cfg.eval.every_steps, last):
+        if self.tasks and due(step, self.cfg.eval.every_steps, last):
             scalars = {}
             for task, requests in self.tasks:
                 loglik = score_requests(

@@ -17,17 +17,12 @@ from torch import nn
 from distlm.checkpoint import CheckpointManager
 from distlm.config import Config
 from distlm.data.loader import TrainLoader
-from distlm.eval.in_loop import Evaluator
+from distlm.eval.in_loop import Evaluator, due
 from distlm.parallel import Strategy
 from distlm.train.fault import EXIT_REQUEUE, PreemptionWatch, debug_pause
 from distlm.train.metrics import MetricsLogger, peak_memory_gb
 from distlm.train.numerics import NonFiniteGuard
 from distlm.train.result import TrainResult
-
-
-def due(step: int, every: int, last: int) -> bool:
-    """Interval work (log, eval, checkpoint) runs every `every` steps (0 = never) and at the end."""
-    return (every > 0 and step % every == 0) or step == last
 
 
 class IntervalWork:
