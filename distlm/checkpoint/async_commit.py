@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from distlm.train.fault import debug_pause
+from distlm.fault_injection import debug_pause
 
 
 def background_commit(

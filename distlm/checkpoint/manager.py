@@ -41,8 +41,8 @@ from distlm.checkpoint.integrity import (
 )
 from distlm.config import Config
 from distlm.config_loader import to_yaml
+from distlm.fault_injection import debug_pause
 from distlm.parallel.base import Strategy
-from distlm.train.fault import debug_pause
 
 
 def _dcp_exception() -> type[BaseException]:

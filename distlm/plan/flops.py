@@ -2,8 +2,8 @@
 
 FLOPs per token = 6 N (N = matmul params incl. the lm head) + 12 L d T (attention scores and
 values, forward + backward): Kaplan et al. 2020 table 1 / PaLM (Chowdhery et al. 2022) appendix B.
-The trainer's `distlm.train.metrics.flops_per_token` is the one implementation; this module adds
-what a prediction needs on top of it. Activation checkpointing recomputes the forward (2N more per
+`flops_per_token` here is the one implementation: the trainer's MFU and the planner's predictions
+both use it. Activation checkpointing recomputes the forward (2N more per
 token), which costs time but is not counted as model FLOPs, so MFU is comparable across settings.
 """
 
@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distlm.config import Config
-from distlm.train.metrics import flops_per_token
+from distlm.model import non_embedding_params
+
+
+def flops_per_token(cfg: Config) -> float:
+    """6 * N (matmul params incl. the lm head) + 12 * L * d * T attention (PaLM appendix B)."""
+    m = cfg.model
+    return 6 * non_embedding_params(m) + 12 * m.n_layers * m.d_model * cfg.train.seq_len
+
 
 # Assumed model-FLOPs utilisation of a well-configured run (an assumption, not a measurement):
 # public reports for Llama-style pretraining put bf16 MFU at ~38-43 % on H100 SXM (Llama 3 paper,

@@ -30,12 +30,14 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import torch
 import torch.distributed as dist
 
 from distlm.config import Config
+from distlm.fault_injection import debug_pause, injected_loss_factor
+
+__all__ = ["EXIT_REQUEUE", "PreemptionWatch", "debug_pause", "injected_loss_factor"]
 
 EXIT_REQUEUE = 3  # saved after a preemption signal: requeue the same command (resume=auto)
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -118,27 +120,3 @@ def oom_report(cfg: Config) -> str:
         + " or ".join(advice)
         + " (see `python -m distlm plan`)."
     )
-
-
-# ---- test fault injection -------------------------------------------------------------------
-def _parse(spec: str) -> dict[str, float]:
-    pairs = (item.split(":" if ":" in item else "=") for item in spec.split(",") if item.strip())
-    return {k.strip(): float(v) for k, v in pairs}
-
-
-def injected_loss_factor(batch: int) -> float:
-    """DISTLM_INJECT_LOSS's factor for `batch` (1.0 if unset); read per call: tests may set it."""
-    spec = os.environ.get("DISTLM_INJECT_LOSS", "")
-    return {int(k): v for k, v in _parse(spec).items()}.get(batch, 1.0) if spec else 1.0
-
-
-def debug_pause(where: str, step: int) -> None:
-    """Sleep per DISTLM_DEBUG_PAUSE at `where@step` (a deterministic window to kill a job in)."""
-    spec = os.environ.get("DISTLM_DEBUG_PAUSE", "")
-    if spec and (seconds := _parse(spec).get(f"{where}@{step}")):
-        print(
-            f"[rank {os.environ.get('RANK', '0')}] debug pause at {where}@{step} for {seconds:g} s",
-            file=sys.stderr,
-            flush=True,
-        )
-        time.sleep(seconds)

@@ -17,13 +17,7 @@ from pathlib import Path
 import torch
 
 from distlm.config import Config
-from distlm.model import non_embedding_params
-
-
-def flops_per_token(cfg: Config) -> float:
-    """6 * N (matmul params incl. the lm head) + 12 * L * d * T attention (PaLM appendix B)."""
-    m = cfg.model
-    return 6 * non_embedding_params(m) + 12 * m.n_layers * m.d_model * cfg.train.seq_len
+from distlm.plan.flops import flops_per_token
 
 
 def peak_memory_gb(device: torch.device) -> float:
