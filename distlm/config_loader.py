@@ -107,7 +107,7 @@ def load_config(args: list[str] | None = None) -> Config:
 
         args, why = expand_auto(args)
         if os.environ.get("RANK", "0") == "0":
-            print(f"hardware=auto: {why}", flush=True)
+            print(why, flush=True)
     presets, dotlist = _parse_overrides(args)
     chosen = {**DEFAULT_PRESETS, **presets}
     merged = OmegaConf.structured(Config)
