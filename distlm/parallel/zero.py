@@ -7,8 +7,10 @@ Choose ZeRO when DeepSpeed's ecosystem (offload, its checkpoint tools) matters; 
 sharding FSDP2 does the same as zero3 torch-natively and its checkpoints reshard on load.
 
 The optimizer is a client `torch.optim.AdamW`, not DeepSpeed's FusedAdam, which would JIT-build a
-C++ op (~43 s on CPU) on first use. DeepSpeed owns gradient accumulation (its micro-step
-counter decides when to reduce and step); the trainer owns the lr schedule (`set_lr`).
+C++ op (~43 s on CPU) on first use; with `parallel.offload` (ZeRO-Offload) it is DeepSpeed's
+`DeepSpeedCPUAdam`, which DeepSpeed requires there (its `cpu_adam` op builds once, 2-3 min).
+DeepSpeed owns gradient accumulation (its micro-step counter decides when to reduce and step);
+the trainer owns the lr schedule (`set_lr`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distlm.parallel.base import Strategy, adamw_param_groups, clean_fqn, train_dtype
+from distlm.parallel.base import Strategy, build_optimizer, clean_fqn, train_dtype
+from distlm.parallel.optimizer import restore_cpu_adam_step
 
 TAG = "zero"  # DeepSpeed writes its files under <path>/<TAG>/
 
@@ -38,6 +41,10 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
     }
     if stage == 3:
         zero["stage3_prefetch_bucket_size"] = p.zero_prefetch_bucket_size
+    if p.offload != "none":  # ZeRO-Offload: fp32 master + Adam states and their step on the CPU
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": _pin_memory()}
+    if p.offload == "all":  # ZeRO-Infinity's param offload (stage 3 only; config validation)
+        zero["offload_param"] = {"device": "cpu", "pin_memory": _pin_memory()}
     ds = {
         "train_micro_batch_size_per_gpu": derived.micro_batch_size,
         "gradient_accumulation_steps": derived.grad_accum_steps,
@@ -53,6 +60,11 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
     return ds
 
 
+def _pin_memory() -> bool:
+    """Pinned host buffers speed up copies to a GPU; without CUDA they cannot be allocated."""
+    return torch.cuda.is_available()
+
+
 class ZeroStrategy(Strategy):
     name = "zero"
 
@@ -60,15 +72,9 @@ class ZeroStrategy(Strategy):
         os.environ.setdefault("DS_ACCELERATOR", self.env.device.type)  # before DeepSpeed looks
         import deepspeed
 
-        t = self.cfg.train
         bf16 = train_dtype(self.cfg, self.env.device) == torch.bfloat16
-        client_opt = torch.optim.AdamW(
-            adamw_param_groups(model, t.weight_decay),
-            lr=t.lr,
-            betas=(t.beta1, t.beta2),
-            eps=t.eps,
-            fused=self.env.device.type == "cuda",
-        )
+        offload = self.cfg.parallel.offload != "none"  # ZeRO-Offload needs DeepSpeed's CPU Adam
+        client_opt = build_optimizer(model, self.cfg, self.env.device, deepspeed_offload=offload)
         # the process group already exists (init_distributed): DeepSpeed wraps it
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model,
@@ -139,6 +145,7 @@ class ZeroStrategy(Strategy):
             )
         if load_path is None:
             raise CheckpointError(f"{path}/{TAG}: DeepSpeed found no checkpoint to load")
+        restore_cpu_adam_step(self.engine.optimizer)  # parallel.offload: exact resume
         self._micro = 0
 
     def _load_universal(self, universal: Path) -> str | None:
