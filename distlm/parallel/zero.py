@@ -51,6 +51,7 @@ def deepspeed_config(cfg, derived, bf16: bool) -> dict:
         "train_batch_size": derived.global_batch_size,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": zero,
+        "communication_data_type": p.grad_comm_dtype,  # stated: DeepSpeed's default follows bf16
         "zero_allow_untested_optimizer": True,  # the client torch AdamW
         "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
@@ -101,7 +102,14 @@ class ZeroStrategy(Strategy):
         # DeepSpeed decides itself when to reduce (its engine.no_sync() refuses ZeRO-2/3)
         return contextlib.nullcontext()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
+        """DeepSpeed's engine step; the norm is returned as a tensor without a read of ours.
+
+        DeepSpeed itself reads the norm / overflow flag on the host inside `engine.step()`
+        (`is_invalid_grad_norm` under bf16 with `check_grad_overflow`, `.item()` of its overflow
+        all-reduce under fp16 and ZeRO-3): that is its non-finite guard and stays one sync per
+        step; distlm adds none (torch DDP / FSDP2 add none at all, parallel/step_guard.py).
+        """
         if self._micro != self.derived.grad_accum_steps:
             raise RuntimeError(
                 f"ZeRO step after {self._micro} backward calls; DeepSpeed was configured for "
@@ -110,10 +118,10 @@ class ZeroStrategy(Strategy):
         assert self.engine.is_gradient_accumulation_boundary()
         self.engine.step()  # reduce, clip to gradient_clipping, AdamW; skips non-finite grads
         self._micro = 0
-        norm = self.engine.get_global_grad_norm()
-        norm = float(norm) if norm is not None else math.nan
-        if not self.engine.was_step_applied():
-            return math.inf if math.isfinite(norm) else norm
+        norm = self.engine.get_global_grad_norm()  # a float or a device tensor
+        norm = torch.as_tensor(math.nan if norm is None else norm, dtype=torch.float32)
+        if not self.engine.was_step_applied():  # skipped as non-finite: never report it finite
+            return torch.where(torch.isfinite(norm), math.inf, norm)
         return norm
 
     def save(self, path: Path) -> None:
