@@ -21,6 +21,7 @@ _LAZY = {
     "ValLoader": "distlm.data.loader",
     "build_train_loader": "distlm.data.loader",
     "build_val_loader": "distlm.data.loader",
+    "loader_args": "distlm.data.loader",
     "Tokenizer": "distlm.data.tokenizer",
 }
 
@@ -72,6 +73,7 @@ __all__ = [
     "ValLoader",
     "build_train_loader",
     "build_val_loader",
+    "loader_args",
     "dataset_vocab_size",
     "load_tokenizer",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from distlm.config import DataConfig
+from distlm.config import Config, DataConfig, Derived
 from distlm.data.dataset import SampleSource, open_mixture
 from distlm.data.errors import DataError
 from distlm.data.token_range import check_batch
@@ -201,6 +201,19 @@ def _maker(
     source = SampleSource(splits, weights, seq_len, cfg.seed)
     return _BatchMaker(
         source, seq_len, global_batch_size, micro_batch_size, rank, world_size, torch.device(device)
+    )
+
+
+def loader_args(cfg: Config, derived: Derived, rank: int, device: torch.device) -> dict:
+    """The batch layout every loader builder takes (train, val, eval), from the run's config."""
+    return dict(
+        seq_len=cfg.train.seq_len,
+        global_batch_size=derived.global_batch_size,
+        micro_batch_size=derived.micro_batch_size,
+        rank=rank,
+        world_size=derived.world_size,
+        device=device,
+        vocab_size=cfg.model.vocab_size,
     )
 
 

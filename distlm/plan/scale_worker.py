@@ -75,18 +75,9 @@ def allreduce_sweep(max_numel: int, dtype: torch.dtype, reps: int = 3) -> list[l
 def _batch_source(cfg, derived, env, use_loader: bool):
     """A function returning one step's micro-batches: the real loader, or random tokens."""
     if use_loader:
-        from distlm.data import build_train_loader
+        from distlm.data import build_train_loader, loader_args
 
-        loader = build_train_loader(
-            cfg.data,
-            seq_len=cfg.train.seq_len,
-            global_batch_size=derived.global_batch_size,
-            micro_batch_size=derived.micro_batch_size,
-            rank=env.rank,
-            world_size=env.world_size,
-            device=env.device,
-            vocab_size=cfg.model.vocab_size,
-        )
+        loader = build_train_loader(cfg.data, **loader_args(cfg, derived, env.rank, env.device))
         return lambda: list(loader.next_batch()), "loader"
     gen = torch.Generator().manual_seed(env.rank)
     shape = (derived.micro_batch_size, cfg.train.seq_len)

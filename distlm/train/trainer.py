@@ -18,7 +18,7 @@ from torch import nn
 from distlm.checkpoint import CheckpointManager
 from distlm.config import Config, resolve
 from distlm.config_loader import save_config
-from distlm.data import build_train_loader
+from distlm.data import build_train_loader, loader_args
 from distlm.eval.in_loop import build_evaluator
 from distlm.export.hf_import import init_from_hf
 from distlm.model import build_model
@@ -51,15 +51,7 @@ def train(cfg: Config) -> TrainResult:
     bf16 = train_dtype(cfg, env.device) == torch.bfloat16  # the strategies resolve it the same way
 
     # ---- data (validated before anything is built: fail before step 0) --------------------
-    data_args = dict(
-        seq_len=cfg.train.seq_len,
-        global_batch_size=derived.global_batch_size,
-        micro_batch_size=derived.micro_batch_size,
-        rank=env.rank,
-        world_size=env.world_size,
-        device=env.device,
-        vocab_size=cfg.model.vocab_size,
-    )
+    data_args = loader_args(cfg, derived, env.rank, env.device)
     loader = build_train_loader(cfg.data, **data_args)
     evaluator = build_evaluator(cfg, log, **data_args)  # val loss + bits per byte, eval.tasks
 
