@@ -78,3 +78,31 @@ def test_resumed_run_keeps_one_metrics_row_per_step(tiny_dataset, tmp_path):
     board = tensorboard_losses(run)
     assert [s for s, _ in board] == list(range(1, STEPS + 1))
     assert all(abs(v - r["loss"]) < 1e-5 for (_, v), r in zip(board, after, strict=True))
+
+
+def test_rewind_purges_a_killed_runs_events_made_in_the_same_second_by_a_larger_pid(tmp_path):
+    """The race behind an intermittent failure of the test above: TensorBoard reads event files
+    in name order (creation second, host, pid), so a resumed run's file made in the killed run's
+    second by a smaller pid was read first and its purge did not apply."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from distlm.train.metrics import MetricsLogger
+
+    board = tmp_path / "tensorboard"
+    killed = SummaryWriter(str(board))
+    for step in range(1, 7):
+        killed.add_scalar("train/loss", float(step), step)
+    killed.close()
+    (old,) = board.glob("events.out.tfevents.*")
+    name = old.name.split(".")
+    name[5] = "99999999"  # the killed run's pid, larger than this process's
+    old.rename(board / ".".join(name))
+
+    log = MetricsLogger(load_config([f"logging.run_dir={tmp_path}"]), tmp_path, True, 1)
+    log.rewind(4)
+    for step in range(5, 9):
+        log.log(step, {"loss": 100.0 + step})
+    log.close()
+    assert tensorboard_losses(tmp_path) == [(s, float(s)) for s in range(1, 5)] + [
+        (s, 100.0 + s) for s in range(5, 9)
+    ]

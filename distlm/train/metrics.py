@@ -51,7 +51,10 @@ class MetricsLogger:
         if self.cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+            logdir = self.run_dir / "tensorboard"
+            if purge_step is not None:
+                _wait_for_a_later_second(logdir)
+            self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
 
     def rewind(self, step: int) -> None:
         """Forget every metric of steps > `step` (a run resuming from a checkpoint of `step`, or
@@ -124,3 +127,19 @@ def _fmt(key: str, value: float) -> str:
     if key.endswith("_s"):
         return f"{key} {value:.3f}"
     return f"{key} {value:.4f}"
+
+
+def _wait_for_a_later_second(logdir: Path) -> None:
+    """Make the next event file sort after every existing one (sleeps < 1 s, only on rewind).
+
+    TensorBoard reads a run's event files in name order and a name starts with its creation
+    second, then host and pid: a file made in the same second as the killed run's, by a process
+    with a smaller pid, would be read first, and its purge (steps after the checkpoint) would
+    then not apply to the killed run's events."""
+    seconds = [
+        int(part[3])
+        for p in logdir.glob("events.out.tfevents.*")
+        if len(part := p.name.split(".")) > 3 and part[3].isdigit()
+    ]
+    if seconds and (wait := max(seconds) + 1 - time.time()) > 0:
+        time.sleep(wait)
