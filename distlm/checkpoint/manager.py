@@ -41,6 +41,7 @@ from distlm.checkpoint.integrity import (
 )
 from distlm.config import Config
 from distlm.config_loader import to_yaml
+from distlm.data import atomic_files
 from distlm.fault_injection import debug_pause
 from distlm.parallel.base import Strategy
 
@@ -80,15 +81,6 @@ def _fsync_tree(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointManager:
@@ -145,7 +137,7 @@ class CheckpointManager:
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)  # a re-save of the same step replaces it
             os.replace(tmp, final)
-            _atomic_write_text(self.root / "latest", final.name + "\n")
+            atomic_files.write_bytes(self.root / "latest", (final.name + "\n").encode())
             self._prune()
 
     def wait(self) -> None:

@@ -10,13 +10,13 @@ so that tensorboard discards the earlier events from that step on.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from distlm.config import Config
+from distlm.data import atomic_files
 from distlm.plan.flops import flops_per_token
 
 
@@ -64,12 +64,7 @@ class MetricsLogger:
         path = self.run_dir / "metrics.jsonl"
         self.jsonl.close()
         kept = [line for line in path.read_text().splitlines(True) if _step(line) <= step]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_files.write_bytes(path, "".join(kept).encode())
         self.jsonl = open(path, "a", buffering=1)  # noqa: SIM115
         if self.writer:
             self.writer.close()
